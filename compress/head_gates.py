@@ -1,0 +1,160 @@
+"""Head gates and head importance (Michel et al., 2019, "Are Sixteen Heads Really Better than One?").
+
+transformers 5 dropped `head_mask`, so the gates live on the model's modules: a forward pre-hook
+on each block's `attn.c_proj` multiplies every head's slice of the projection's input (the
+concatenated head outputs) by that head's gate. The hook sees the same tensor whatever attention
+implementation (eager, SDPA, flash) produced it.
+
+Importance of head h is the mean over predicted tokens of |dL/d gate_h|, the absolute value taken
+per batch as in Michel et al.'s code (a per-token absolute value would need one backward pass per
+token); then, optionally, L2-normalised within each layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("gpt2",)  # GPT-2, DistilGPT2 and DialoGPT all have model_type "gpt2"
+
+
+def check_supported(config) -> None:
+    """One-line error for architectures the gates (and the physical pruning) do not know."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SystemExit(f"error: head pruning of model type {model_type!r} is not supported yet "
+                         "(supported: GPT-2-architecture models such as gpt2, distilgpt2, DialoGPT)")
+
+
+def attention_blocks(model) -> list:
+    """The attention modules of a GPT-2 LM head model (or of its bare `GPT2Model`), in layer order."""
+    base = getattr(model, "transformer", model)
+    return [block.attn for block in base.h]
+
+
+class HeadGates:
+    """A (layers, heads) gate tensor applied to each head's output before `attn.c_proj`.
+
+    `gates.values` starts at ones; set an entry to 0 to mask that head. Remove the hooks with
+    `remove()` (or use the object as a context manager).
+    """
+
+    def __init__(self, model):
+        config = model.config
+        self.num_layers, self.num_heads = config.n_layer, config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        weight = next(model.parameters())
+        # At least float32, so importance sums do not lose precision under half-precision weights.
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        self.values = torch.ones(self.num_layers, self.num_heads, device=weight.device, dtype=dtype)
+        self._handles = [attn.c_proj.register_forward_pre_hook(self._hook(layer))
+                         for layer, attn in enumerate(attention_blocks(model))]
+
+    def _hook(self, layer: int) -> Callable:
+        def gate(module, args):
+            heads = args[0]  # (..., num_heads * head_dim), heads side by side
+            g = self.values[layer].to(device=heads.device, dtype=heads.dtype)
+            shaped = heads.view(*heads.shape[:-1], self.num_heads, self.head_dim)
+            return ((shaped * g[:, None]).view(heads.shape), *args[1:])
+        return gate
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """0/1 mask of the heads still in play (a copy)."""
+        return (self.values.detach() != 0).to(self.values.dtype)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.values.copy_(mask.to(self.values))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropies and the number of predicted tokens (labels -100 are skipped)."""
+    targets = labels[..., 1:].reshape(-1)
+    loss = F.cross_entropy(logits[..., :-1, :].reshape(-1, logits.size(-1)).float(), targets,
+                           ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+@contextmanager
+def _frozen_parameters(model):
+    """Only the gates need gradients: freezing the weights skips their gradient computation."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def normalize_per_layer(importance: torch.Tensor) -> torch.Tensor:
+    """Divide each layer's scores by their L2 norm (Michel et al.'s normalisation)."""
+    return importance / (importance.norm(dim=-1, keepdim=True) + 1e-20)
+
+
+@contextmanager
+def _no_autocast():
+    yield
+
+
+def accumulate_gate_gradients(model, gates: HeadGates, batches: Iterable[dict],
+                              autocast=None) -> tuple[torch.Tensor, int]:
+    """Sum over batches of |d(summed token loss)/d gate| and the number of tokens it covers.
+
+    The model runs in eval mode (no dropout noise in the scores); the gradient is cleared after
+    every batch. Distributed callers sum both results over processes before dividing.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros_like(gates.values)
+    tokens = 0
+    device = gates.values.device
+    autocast = autocast or _no_autocast
+    try:
+        gates.values.requires_grad_(True)
+        with _frozen_parameters(model):
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                labels = batch.pop("labels", batch["input_ids"])
+                with autocast():
+                    logits = model(**batch).logits
+                loss, n = summed_token_loss(logits, labels)
+                loss.backward()
+                total += gates.values.grad.abs()
+                gates.values.grad = None
+                tokens += n
+    finally:
+        gates.values.requires_grad_(False)
+        gates.values.grad = None
+        model.train(was_training)
+    return total, tokens
+
+
+def finish_importance(gradient_sum: torch.Tensor, tokens: int, mask: torch.Tensor,
+                      normalize: bool = True) -> torch.Tensor:
+    """Turn summed |gradients| into importance scores; masked heads score 0 and take no part in the norm."""
+    importance = gradient_sum / max(tokens, 1) * mask.to(gradient_sum)
+    return normalize_per_layer(importance) if normalize else importance
+
+
+def head_importance(model, gates: HeadGates, batches: Iterable[dict], normalize: bool = True,
+                    autocast=None) -> torch.Tensor:
+    """Importance of every head on `batches` (single process), given the current gate values."""
+    gradient_sum, tokens = accumulate_gate_gradients(model, gates, batches, autocast=autocast)
+    return finish_importance(gradient_sum, tokens, gates.mask, normalize)
