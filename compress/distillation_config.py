@@ -1,0 +1,67 @@
+"""Arguments of a distillation run: which student to build, and how to train it.
+
+Parsed with `HfArgumentParser` from a YAML file plus `--field value` flags (`compress/arguments.py`),
+together with `compress.lm_data.DataArguments`. Field names follow `run_clm.py` where it has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from compress.students import parse_layer_selection
+
+
+@dataclass
+class StudentArguments:
+    teacher_name_or_path: str = field(
+        default="gpt2", metadata={"help": "Teacher checkpoint: a hub name (gpt2) or a local folder."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use; default: the teacher's. It must equal the teacher's."})
+    student_layers: int = field(default=6, metadata={"help": "Decoder blocks of the student."})
+    init_from_teacher: bool = field(
+        default=True, metadata={"help": "Copy embeddings, final norm, head and the selected teacher blocks; "
+                                        "false: random initialisation of the same shape."})
+    layer_selection: str = field(
+        default="uniform", metadata={"help": "Teacher blocks to copy: uniform | first | last | explicit indices "
+                                             "(0,2,4,7,9,11 on the command line, a list in YAML)."})
+
+    def __post_init__(self):
+        if self.student_layers < 1:
+            raise ValueError(f"student_layers must be at least 1, got {self.student_layers}")
+        self.layer_selection = parse_layer_selection(self.layer_selection)
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """`TrainingArguments` plus the distillation loss:
+
+    loss = alpha_kd * KL(softmax(teacher / T) || softmax(student / T)) * T^2
+         + alpha_ce * next-token cross-entropy
+         + alpha_cos * (1 - cosine(student hidden, teacher hidden))
+
+    (DistilBERT / DistilGPT2), each term averaged over the predicted positions.
+    """
+
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the KD term."})
+    alpha_kd: float = field(default=0.5, metadata={"help": "Weight of the KL term (multiplied by T^2)."})
+    alpha_ce: float = field(default=0.5, metadata={"help": "Weight of the student's next-token cross-entropy."})
+    alpha_cos: float = field(
+        default=0.0, metadata={"help": "Weight of the cosine loss between last hidden states (0 skips it)."})
+    kd_chunk_size: int = field(
+        default=1024, metadata={"help": "Token positions per chunk of the KD/CE loss, computed in fp32 a chunk at "
+                                        "a time and recomputed in backward; 0 computes it in one piece."})
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        weights = {"alpha_kd": self.alpha_kd, "alpha_ce": self.alpha_ce, "alpha_cos": self.alpha_cos}
+        negative = [name for name, value in weights.items() if value < 0]
+        if negative:
+            raise ValueError(f"{negative[0]} must be >= 0, got {weights[negative[0]]}")
+        if not any(weights.values()):
+            raise ValueError("alpha_kd, alpha_ce and alpha_cos are all 0: there is nothing to train on")
+        if self.kd_chunk_size < 0:
+            raise ValueError(f"kd_chunk_size must be >= 0, got {self.kd_chunk_size}")
+        super().__post_init__()
