@@ -1,0 +1,109 @@
+"""The statistics on constructed cases whose answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from compress import significance as sig
+
+
+@pytest.fixture
+def baseline():
+    return np.random.default_rng(7).random(60)
+
+
+def test_identical_models_are_not_significantly_different(baseline):
+    result = sig.paired_comparison(baseline, baseline.copy(), sig.MEAN, resamples=2000)
+    assert result.diff == 0
+    assert result.p_value == 1.0
+    assert result.low == result.high == 0
+
+
+def test_a_model_higher_on_every_prompt_is_significant(baseline):
+    higher = baseline + np.random.default_rng(8).uniform(0.01, 0.2, size=len(baseline))
+    result = sig.paired_comparison(higher, baseline, sig.SUM, resamples=2000)
+    assert result.diff == pytest.approx(float(np.sum(higher - baseline)))
+    assert result.p_value == sig.smallest_p(2000)  # no swap gets as far from zero as the observed difference
+    assert 0 < result.low <= result.diff <= result.high
+
+
+def test_exchangeable_models_are_not_significant():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(500), rng.random(500)
+    result = sig.paired_comparison(a, b, sig.MEAN, resamples=2000)
+    assert result.p_value > 0.05
+    assert result.low < 0 < result.high
+
+
+def test_paired_p_value_agrees_with_the_paired_t_test_on_a_large_sample():
+    rng = np.random.default_rng(4)
+    base = rng.random(1000)
+    other = base + rng.normal(0.02, 0.2, size=1000)
+    result = sig.paired_comparison(other, base, sig.MEAN, resamples=5000)
+    expected = stats.ttest_rel(other, base).pvalue
+    assert result.p_value == pytest.approx(expected, abs=0.02)
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_normal_interval():
+    values = np.random.default_rng(5).random(2000)
+    interval = sig.bootstrap_interval(values, sig.MEAN, resamples=4000)
+    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values))
+    assert interval.value == pytest.approx(values.mean())
+    assert interval.low == pytest.approx(values.mean() - half, rel=0.01)
+    assert interval.high == pytest.approx(values.mean() + half, rel=0.01)
+    summed = sig.bootstrap_interval(values, sig.SUM, resamples=4000)
+    assert summed.low == pytest.approx(interval.low * len(values))
+
+
+def test_perplexity_aggregation_is_lm_evals_weighted_perplexity():
+    pairs = [(-10.0, 4), (-3.0, 1), (-7.5, 3)]
+    interval = sig.bootstrap_interval(pairs, sig.PERPLEXITY, resamples=500)
+    assert interval.value == pytest.approx(math.exp(20.5 / 8))
+    assert interval.low <= interval.value <= interval.high
+    assert sig.evaluate_statistic(sig.BITS_PER_BYTE, sig.prepare_values(sig.BITS_PER_BYTE, pairs)) == pytest.approx(
+        20.5 / 8 / math.log(2))
+
+
+def test_record_statistics_follow_the_same_resamples_as_vectorised_ones(baseline):
+    records_a = [{"x": v} for v in baseline + 0.05]
+    records_b = [{"x": v} for v in baseline[::-1]]
+    by_record = sig.RecordAggregation("mean x", lambda recs: sum(r["x"] for r in recs) / len(recs))
+    slow = sig.paired_comparison(records_a, records_b, by_record, resamples=300)
+    fast = sig.paired_comparison(baseline + 0.05, baseline[::-1], sig.MEAN, resamples=300)
+    assert slow.diff == pytest.approx(fast.diff)
+    assert slow.p_value == pytest.approx(fast.p_value)
+    assert (slow.low, slow.high) == pytest.approx((fast.low, fast.high))
+
+
+def test_corrections_match_hand_computed_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    assert sig.holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert sig.benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    with_nan = sig.correct([0.01, math.nan, 0.02], "holm")
+    assert math.isnan(with_nan[1]) and with_nan[0] == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="unknown correction"):
+        sig.correct(p, "bonferroni-ish")
+
+
+def test_spearman_exact_for_small_samples_and_scipy_for_large():
+    perfect = sig.spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])
+    assert perfect.rho == pytest.approx(1.0)
+    assert perfect.exact and perfect.p_value == pytest.approx(2 / math.factorial(5))
+    rng = np.random.default_rng(6)
+    x, y = rng.random(25), rng.random(25)
+    large = sig.spearman(x, y)
+    reference = stats.spearmanr(x, y)
+    assert large.rho == pytest.approx(reference.statistic)
+    assert large.p_value == pytest.approx(reference.pvalue)
+    assert large.low < large.rho < large.high
+    assert math.isnan(sig.spearman([1, 2], [3, 4]).rho)
+    assert math.isnan(sig.spearman([1, 2, 3], [5, 5, 5]).rho)
+
+
+def test_paired_values_must_cover_the_same_documents():
+    with pytest.raises(ValueError, match="same documents"):
+        sig.paired_comparison([1.0, 2.0], [1.0], sig.MEAN)
+    with pytest.raises(ValueError, match="2 number"):
+        sig.bootstrap_interval([1.0, 2.0], sig.PERPLEXITY)
