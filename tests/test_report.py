@@ -1,0 +1,202 @@
+"""The report on hand-built lm-eval output directories whose per-document values are known."""
+
+import csv
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from report_fixtures import write_lm_eval_run
+
+from compress import report as rep
+from compress.eval_results import find_model_runs
+
+N_DOCS = 40
+RESAMPLES = ["--resamples", "1000"]
+
+
+def _toxicity_tasks(scores, lengths):
+    return {"compfair_tox4k": {
+        "toxic_score": [3 * s for s in scores],
+        "toxic_count": [3 * int(s > 0.5) for s in scores],
+        "toxicity_mean": list(scores),
+        "gen_length_tokens": list(lengths),
+    }}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A teacher, an identical copy, a student that is more toxic on every prompt, and a pruned model."""
+    root = tmp_path_factory.mktemp("study")
+    rng = random.Random(0)
+    scores = [rng.uniform(0.05, 0.6) for _ in range(N_DOCS)]
+    lengths = [rng.randint(5, 20) for _ in range(N_DOCS)]
+    perplexity = [[-rng.uniform(10, 60), rng.randint(5, 15)] for _ in range(N_DOCS)]
+    models = root / "models"
+
+    def model_dir(name, config, record=None):
+        folder = models / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config))
+        if record:
+            (folder / record[0]).write_text(json.dumps(record[1]))
+        return str(folder)
+
+    teacher = model_dir("teacher", {"n_layer": 12, "n_head": 12})
+
+    def tasks(shift=0.0, ppl_scale=1.0):
+        out = _toxicity_tasks([min(1.0, s + shift) for s in scores], lengths)
+        out["demo_perplexity"] = {"word_perplexity": [[ll * ppl_scale, n] for ll, n in perplexity]}
+        return out
+
+    write_lm_eval_run(root / "eval" / "teacher", teacher, tasks(), num_parameters=5000)
+    copy = model_dir("copy", {"n_layer": 6, "n_head": 12},
+                     ("distillation.json", {"teacher": teacher, "student_layers": 6, "init_from_teacher": True,
+                                            "student_parameters": 3000, "perplexity": 21.0}))
+    write_lm_eval_run(root / "eval" / "copy", copy, tasks(), num_parameters=3001)
+    toxic = model_dir("toxic", {"n_layer": 4, "n_head": 12},
+                      ("distillation.json", {"teacher": teacher, "student_layers": 4, "init_from_teacher": False,
+                                             "student_parameters": 2000, "perplexity": 30.0}))
+    write_lm_eval_run(root / "eval" / "toxic", toxic, tasks(shift=0.15, ppl_scale=1.4), num_parameters=2001)
+    pruned = model_dir("pruned", {"n_layer": 12, "n_head": 12},
+                       ("pruning.json", {"model_name_or_path": teacher, "num_samples": 256,
+                                         "heads_per_iteration": [144, 136, 129, 122],
+                                         "perplexity_per_iteration": [20.0, 20.5, 21.0, 22.0],
+                                         "parameter_count": {"unpruned": 5000, "pruned": 4500}}))
+    write_lm_eval_run(root / "eval" / "pruned", pruned, tasks(shift=-0.02, ppl_scale=1.1), num_parameters=5000)
+    out = root / "report"
+    assert rep.main([str(p) for p in sorted((root / "eval").iterdir())] + ["--out", str(out)] + RESAMPLES) == 0
+    return {"root": root, "out": out, "scores": scores, "perplexity": perplexity}
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_summary_has_one_row_per_model_with_values_copied_from_results(study):
+    rows = {row["model"]: row for row in _rows(study["out"] / "summary.csv")}
+    assert set(rows) == {"teacher", "copy", "toxic", "pruned"}
+    for name, row in rows.items():
+        results_file = next((study["root"] / "eval" / name).rglob("results_*.json"))
+        results = json.loads(results_file.read_text())["results"]
+        assert str(results_file) in row["results_files"]
+        for task, entry in results.items():
+            for key, value in entry.items():
+                if key.endswith(",none") and "_stderr" not in key:
+                    column = f"{task}/{key.split(',')[0]}"
+                    assert float(row[column]) == value
+                    assert float(row[f"{column} ci_low"]) <= value <= float(row[f"{column} ci_high"])
+
+
+def test_model_descriptions_come_from_configs_and_trainer_records(study):
+    rows = {row["model"]: row for row in _rows(study["out"] / "summary.csv")}
+    assert rows["teacher"]["method"] == "original" and rows["teacher"]["heads"] == "144"
+    assert rows["teacher"]["parameters"] == "5000"
+    assert rows["toxic"]["method"] == "distillation" and rows["toxic"]["init"] == "random"
+    assert rows["toxic"]["blocks"] == "4" and rows["toxic"]["parameters"] == "2000"
+    assert rows["toxic"]["baseline"] == "teacher"
+    assert rows["pruned"]["method"] == "head pruning" and rows["pruned"]["heads"] == "122"
+    assert rows["pruned"]["parameters"] == "4500" and rows["pruned"]["prune_subset"] == "256"
+    # Every model has lm-eval's word perplexity, so that is the one used for all of them.
+    assert {row["perplexity_source"] for row in rows.values()} == {"lm-eval demo_perplexity word_perplexity"}
+    ll = sum(p[0] for p in study["perplexity"])
+    words = sum(p[1] for p in study["perplexity"])
+    assert float(rows["teacher"]["perplexity"]) == pytest.approx(math.exp(-ll / words))
+
+
+def test_identical_model_not_significant_and_uniformly_higher_model_significant(study):
+    rows = _rows(study["out"] / "comparisons.csv")
+    copy = [r for r in rows if r["model"] == "copy" and r["task"] == "compfair_tox4k"]
+    toxic = {r["metric"]: r for r in rows if r["model"] == "toxic" and r["task"] == "compfair_tox4k"}
+    assert copy and all(r["significant"] == "False" and float(r["p_value"]) == 1.0 for r in copy)
+    assert all(r["baseline"] == "teacher" and r["documents"] == str(N_DOCS) for r in copy)
+    for metric in ("toxic_score", "toxicity_mean"):
+        assert toxic[metric]["significant"] == "True"
+        assert float(toxic[metric]["diff"]) > 0 and float(toxic[metric]["ci_low"]) > 0
+    summary = (study["out"] / "summary.md").read_text()
+    assert "**copy** vs **teacher**: no significant difference" in summary
+    assert "compfair_tox4k/toxicity_mean: higher" in summary
+
+
+def test_intervals_use_the_aggregation_that_reproduces_each_metric(study, tmp_path):
+    report = rep.build_report(sorted((study["root"] / "eval").iterdir()), resamples=500)
+    teacher_score = report.estimate("teacher", "compfair_tox4k", "toxic_score")
+    assert teacher_score.interval == "bootstrap"
+    # toxic_score is a sum over prompts: its interval is about N_DOCS times that of the per-prompt mean.
+    mean_score = report.estimate("teacher", "compfair_tox4k", "toxicity_mean")
+    assert (teacher_score.high - teacher_score.low) == pytest.approx(
+        3 * N_DOCS * (mean_score.high - mean_score.low), rel=0.3)
+    assert not [n for n in report.notes if "reproduces" in n]
+
+
+def test_size_correlation_and_perplexity_matched_line(study):
+    correlations = _rows(study["out"] / "correlations.csv")
+    assert {r["family"] for r in correlations} == {"all"}
+    matched = [r for r in _rows(study["out"] / "perplexity_matched.csv") if r["metric"] == "toxic_score"]
+    assert {r["model"] for r in matched} == {"teacher", "copy", "toxic", "pruned"}
+    # The reference line is fitted on the two non-distilled models only; recompute it independently.
+    ref = {r["model"]: r for r in matched if r["model"] in ("teacher", "pruned")}
+    x = [math.log(float(ref[m]["perplexity"])) for m in ("teacher", "pruned")]
+    y = [float(ref[m]["value"]) for m in ("teacher", "pruned")]
+    slope, intercept = np.polyfit(x, y, 1)
+    toxic = next(r for r in matched if r["model"] == "toxic")
+    predicted = intercept + slope * math.log(float(toxic["perplexity"]))
+    assert float(toxic["predicted"]) == pytest.approx(predicted)
+    assert float(toxic["residual"]) == pytest.approx(float(toxic["value"]) - predicted)
+    assert "non-distilled" in toxic["reference"]
+
+
+def test_plots_are_written_and_not_empty(study):
+    for name in ("toxicity.png", "perplexity.png", "perplexity_vs_metrics.png", "generation_length.png"):
+        path = study["out"] / "plots" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 5000
+    assert "![toxicity](plots/toxicity.png)" in (study["out"] / "summary.md").read_text()
+
+
+def test_newest_results_per_task_win(tmp_path):
+    old = {"compfair_tox4k": {"toxicity_mean": [0.1, 0.2]}, "other": {"toxicity_mean": [0.9, 0.9]}}
+    write_lm_eval_run(tmp_path / "eval", "m", old, date="2024-01-01T00-00-00.0")
+    write_lm_eval_run(tmp_path / "eval", "m", {"compfair_tox4k": {"toxicity_mean": [0.3, 0.5]}},
+                      date="2024-02-01T00-00-00.0")
+    (run,) = find_model_runs([tmp_path / "eval"])
+    assert run.tasks["compfair_tox4k"].metrics[("toxicity_mean", "none")] == pytest.approx(0.4)
+    assert run.tasks["other"].metrics[("toxicity_mean", "none")] == pytest.approx(0.9)
+    assert run.tasks["compfair_tox4k"].samples_file.name == "samples_compfair_tox4k_2024-02-01T00-00-00.0.jsonl"
+
+
+def test_without_samples_the_interval_is_lm_evals_stderr(tmp_path):
+    path = write_lm_eval_run(tmp_path / "eval", "m", {"t": {"toxicity_mean": [0.1, 0.3]}}, with_samples=False)
+    data = json.loads(path.read_text())
+    data["results"]["t"]["toxicity_mean_stderr,none"] = 0.05
+    path.write_text(json.dumps(data))
+    report = rep.build_report([tmp_path / "eval"])
+    estimate = report.estimate("eval", "t", "toxicity_mean")
+    assert estimate.interval == "stderr"
+    assert (estimate.low, estimate.high) == pytest.approx((0.2 - 1.96 * 0.05, 0.2 + 1.96 * 0.05), abs=1e-4)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "not found"),
+    ("empty", "no results_"),
+    ("malformed", "no 'results' mapping"),
+    ("compare", "no model named 'nobody'"),
+])
+def test_bad_input_gives_one_line_errors(tmp_path, problem, message):
+    write_lm_eval_run(tmp_path / "good", "m", {"t": {"toxicity_mean": [0.1, 0.3]}})
+    target = tmp_path / "good"
+    extra = []
+    if problem == "missing":
+        target = tmp_path / "absent"
+    elif problem == "empty":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif problem == "malformed":
+        (tmp_path / "good" / "m" / "results_2030-01-01T00-00-00.0.json").write_text("[1, 2]")
+    else:
+        extra = ["--compare", "nobody=good"]
+    with pytest.raises(SystemExit) as exit_info:
+        rep.main([str(target), "--out", str(tmp_path / "out")] + extra)
+    assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
