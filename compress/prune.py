@@ -1,0 +1,73 @@
+"""Prune GPT-2's attention heads iteratively (Michel et al., 2019).
+
+    accelerate launch compress/prune.py trainer_configs/prune/wikitext_2560.yaml [--field value ...]
+    python compress/prune.py CONFIG.yaml --output_dir runs/pruned/x --iterations 5
+
+Writes to output_dir: the pruned model as a plain GPT-2 checkpoint (pruned heads are zeros), its
+compact form in output_dir/compact (needs trust_remote_code), the tokenizer, and pruning.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from compress.arguments import parse_config_and_flags
+from compress.head_gates import check_supported
+from compress.lm_data import DataArguments, build_lm_datasets
+from compress.pruning_config import PruningConfig
+from compress.pruning_trainer import RECORD_FILE, HeadPruningTrainer
+
+
+def load_model_and_tokenizer(config: PruningConfig):
+    name = config.model_name_or_path
+    try:
+        model_config = AutoConfig.from_pretrained(name)
+    except OSError as err:
+        raise SystemExit(f"error: cannot load model {name!r}: {str(err).splitlines()[0]}") from None
+    check_supported(model_config)  # before any weights are read
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation=config.attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    return model, tokenizer
+
+
+def importance_blocks(train, num_samples: int, seed: int):
+    """`num_samples` training blocks drawn with `seed`; a smaller subset is a prefix of a larger one."""
+    return train.shuffle(seed=seed).select(range(min(num_samples, len(train))))
+
+
+def describe_data(data_args: DataArguments) -> dict:
+    return {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name,
+            "train_file": data_args.train_file, "validation_file": data_args.validation_file,
+            "dataset_fraction": data_args.dataset_fraction, "block_size": data_args.block_size,
+            "max_eval_samples": data_args.max_eval_samples}
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    config, data_args = parse_config_and_flags((PruningConfig, DataArguments), argv)
+    record_path = Path(config.output_dir) / RECORD_FILE
+    if record_path.is_file():
+        print(f"{record_path} exists: this run is complete (delete it to prune again)")
+        return None
+    model, tokenizer = load_model_and_tokenizer(config)
+    data = build_lm_datasets(data_args, tokenizer, seed=config.seed, main_process_first=config.main_process_first)
+    importance = importance_blocks(data["train"], config.num_samples, config.seed)
+    description = {**describe_data(data_args), "block_size": len(data["train"][0]["input_ids"]),
+                   "validation_blocks": len(data["validation"])}
+    trainer = HeadPruningTrainer(model=model, args=config, importance_dataset=importance,
+                                 eval_dataset=data["validation"], train_dataset=data["train"],
+                                 processing_class=tokenizer, data_description=description)
+    record = trainer.prune()
+    if config.lora_recovery:
+        trainer.recover_with_lora()
+    trainer.save_pruned()
+    if trainer.is_world_process_zero():
+        print(f"heads per iteration: {record['heads_per_iteration']}; perplexity: "
+              f"{[round(p, 3) for p in record['perplexity_per_iteration']]}; saved to {config.output_dir}")
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,69 @@
+"""Settings of an iterative head-pruning run: `TrainingArguments` (batch sizes, precision, output_dir,
+and the optimiser settings of the optional LoRA recovery) plus the pruning fields, TRL-style.
+
+Data fields (`dataset_name`, `train_file`, `block_size`, ...) live in `compress.lm_data.DataArguments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class PruningConfig(TrainingArguments):
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "GPT-2-architecture model to prune (hub id or local folder)."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2; default: the library's choice."})
+    num_samples: int = field(
+        default=2560, metadata={"help": "Training blocks (of block_size tokens) sampled with `seed` to estimate "
+                                        "head importance; smaller subsets are prefixes of larger ones."})
+    prune_fraction: float = field(
+        default=0.05, metadata={"help": "Share of the remaining heads masked per iteration, in (0, 1)."})
+    iterations: int | None = field(default=3, metadata={"help": "Stop after this many iterations."})
+    target_heads: int | None = field(
+        default=None, metadata={"help": "Stop once this many heads are left (never prunes below it)."})
+    max_perplexity: float | None = field(
+        default=None, metadata={"help": "Stop, undoing the last iteration, when validation perplexity exceeds this."})
+    normalize_importance: bool = field(
+        default=True, metadata={"help": "L2-normalise importance within each layer (Michel et al.)."})
+    save_compact: bool = field(
+        default=True, metadata={"help": "Also save the compact form (per-layer head counts) in output_dir/compact."})
+    measure_speedup: bool = field(
+        default=True, metadata={"help": "Time the compact model against the unpruned one on a validation batch."})
+    lora_recovery: bool = field(
+        default=False, metadata={"help": "Fine-tune the pruned model with LoRA (peft) afterwards, merged on save; "
+                                         "length and optimiser come from max_steps/num_train_epochs/learning_rate."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["c_attn", "c_proj", "c_fc"], metadata={"help": "Modules that get LoRA adapters."})
+
+    def __post_init__(self):
+        if self.model_name_or_path is None:
+            raise ValueError("model_name_or_path is required (e.g. gpt2, distilgpt2, microsoft/DialoGPT-small)")
+        if self.output_dir is None:
+            raise ValueError("output_dir is required")
+        if not 0 < self.prune_fraction < 1:
+            raise ValueError(f"prune_fraction must be in (0, 1), got {self.prune_fraction}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
+        if self.iterations is None and self.target_heads is None and self.max_perplexity is None:
+            raise ValueError("set a stop option: iterations, target_heads or max_perplexity")
+        if self.iterations is not None and self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.target_heads is not None and self.target_heads < 1:
+            raise ValueError(f"target_heads must be at least 1, got {self.target_heads}")
+        if self.max_perplexity is not None and self.max_perplexity <= 1:
+            raise ValueError(f"max_perplexity must be above 1, got {self.max_perplexity}")
+        super().__post_init__()
+
+    def fingerprint(self) -> dict:
+        """The settings that decide which heads get pruned: a resumed run must match them."""
+        return {"model_name_or_path": self.model_name_or_path, "num_samples": self.num_samples,
+                "prune_fraction": self.prune_fraction, "target_heads": self.target_heads,
+                "max_perplexity": self.max_perplexity, "normalize_importance": self.normalize_importance,
+                "seed": self.seed}

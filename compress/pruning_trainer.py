@@ -1,0 +1,276 @@
+"""`HeadPruningTrainer`: iterative attention-head pruning (Michel et al., 2019) on Trainer's machinery.
+
+Trainer supplies the data loaders (sharded across processes by accelerate), mixed precision,
+evaluation (perplexity = exp(eval loss), gathered across processes) and logging. One iteration:
+
+1. importance of every head on the `num_samples` importance blocks, with the current mask;
+2. mask the ceil(prune_fraction x remaining) least important heads, never a layer's last head;
+3. validation perplexity.
+
+Then the masked heads are sliced out for real (`compact_from_masked`), optionally followed by
+LoRA recovery fine-tuning merged back into the weights, and the model is saved twice: a plain GPT-2
+whose pruned heads are zeros (output_dir) and the compact form (output_dir/compact). `pruning.json`
+records every iteration. Progress is saved after each iteration, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer, default_data_collator
+from transformers.trainer_utils import get_last_checkpoint
+
+from compress.head_gates import HeadGates, accumulate_gate_gradients, check_supported, finish_importance
+from compress.head_pruning import (
+    compact_from_masked,
+    count_parameters,
+    forward_flops,
+    forward_seconds,
+    heads_to_prune,
+    kept_heads,
+    portable_from_compact,
+    select_heads_to_prune,
+)
+from compress.pruning_config import PruningConfig
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FILE = "pruning_progress.json"
+RECORD_FILE = "pruning.json"
+COMPACT_SUBDIR = "compact"
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class HeadPruningTrainer(Trainer):
+    """Prunes a GPT-2-architecture model's attention heads; see the module docstring.
+
+    `importance_dataset` holds the blocks importance is estimated on, `eval_dataset` the blocks
+    perplexity is measured on, `train_dataset` (optional) the blocks LoRA recovery trains on.
+    `data_description` (a dict) is copied into pruning.json.
+    """
+
+    def __init__(self, model, args: PruningConfig, importance_dataset, eval_dataset, train_dataset=None,
+                 processing_class=None, data_collator=None, data_description: dict | None = None, **kwargs):
+        check_supported(model.config)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, data_collator=data_collator or default_data_collator,
+                         **kwargs)
+        self.importance_dataset = importance_dataset
+        self.data_description = dict(data_description or {})
+        self.gates = HeadGates(self.model)
+        self.compact_model = None
+        self.importance_tokens = 0  # predicted tokens in the importance blocks, over all processes
+        self.record: dict = {}
+
+    # ---- one iteration's pieces ----
+
+    def compute_head_importance(self, description: str = "head importance") -> torch.Tensor:
+        """Importance of every head with the current mask, summed over all processes' shards."""
+        # The test loader: sequential, eval batch size, sharded by accelerate, never cached.
+        loader = self.get_test_dataloader(self.importance_dataset)
+        progress = tqdm(loader, desc=description, disable=self.args.disable_tqdm or not self.is_local_process_zero())
+        gradient_sum, tokens = accumulate_gate_gradients(self.model, self.gates, progress,
+                                                         autocast=self.accelerator.autocast)
+        tokens = torch.tensor(float(tokens), device=gradient_sum.device)
+        gradient_sum = self.accelerator.reduce(gradient_sum, reduction="sum")
+        self.importance_tokens = int(self.accelerator.reduce(tokens, reduction="sum").item())
+        return finish_importance(gradient_sum, self.importance_tokens, self.gates.mask, self.args.normalize_importance)
+
+    def perplexity(self) -> float:
+        loss = self.evaluate()["eval_loss"]
+        return math.exp(min(loss, 700.0))  # exp overflows past ~709
+
+    # ---- the loop ----
+
+    def _stop_reason(self, done: int, remaining: int) -> str | None:
+        args = self.args
+        if args.iterations is not None and done >= args.iterations:
+            return f"iterations: {done} done"
+        if args.target_heads is not None and remaining <= args.target_heads:
+            return f"target_heads: {remaining} heads left"
+        if bool((self.gates.mask.sum(dim=1) <= 1).all()):
+            return "every layer is down to one head"
+        return None
+
+    def _start_record(self) -> None:
+        config = self.model.config
+        mask = self.gates.mask
+        self.record = {
+            "model_name_or_path": self.args.model_name_or_path,
+            "model_type": config.model_type,
+            "num_layers": config.n_layer,
+            "num_heads": config.n_head,
+            "prune_fraction": self.args.prune_fraction,
+            "normalize_importance": self.args.normalize_importance,
+            "num_samples": len(self.importance_dataset),
+            "data_subset": {**self.data_description, "num_samples_requested": self.args.num_samples,
+                            "num_samples": len(self.importance_dataset)},
+            "heads_per_iteration": [int(mask.sum())],
+            "heads_per_layer_per_iteration": [[int(n) for n in mask.sum(dim=1).tolist()]],
+            "kept_heads_per_iteration": [kept_heads(mask)],
+            "pruned_heads_per_iteration": [[]],
+            "importance_per_iteration": [None],
+            "perplexity_per_iteration": [self.perplexity()],
+        }
+
+    def _fingerprint(self) -> dict:
+        return {**self.args.fingerprint(), "data": self.data_description}
+
+    def _save_progress(self) -> None:
+        if self.args.should_save:
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            write_json_atomically(Path(self.args.output_dir) / PROGRESS_FILE,
+                                  {"fingerprint": self._fingerprint(), "record": self.record,
+                                   "mask": self.gates.mask.cpu().tolist()})
+
+    def _resume(self) -> bool:
+        path = Path(self.args.output_dir) / PROGRESS_FILE
+        if not path.is_file():
+            return False
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["fingerprint"] != self._fingerprint():
+            raise SystemExit(f"error: {path} comes from a run with other settings; delete it or pick another "
+                             "output_dir")
+        self.record = saved["record"]
+        self.gates.set_mask(torch.tensor(saved["mask"]))
+        logger.info("resuming after iteration %d (%d heads left)", len(self.record["heads_per_iteration"]) - 1,
+                    self.record["heads_per_iteration"][-1])
+        return True
+
+    def prune(self) -> dict:
+        """Run the pruning iterations, then slice the pruned heads out. Returns the record."""
+        if not self._resume():
+            self._start_record()
+            self._save_progress()
+        while True:
+            done = len(self.record["heads_per_iteration"]) - 1
+            remaining = int(self.gates.mask.sum())
+            stop = self._stop_reason(done, remaining)
+            if stop is not None:
+                break
+            count = heads_to_prune(remaining, self.args.prune_fraction, self.args.target_heads)
+            importance = self.compute_head_importance(f"head importance (iteration {done + 1})")
+            chosen = select_heads_to_prune(importance, self.gates.mask, count)
+            previous = self.gates.mask
+            mask = previous.clone()
+            for layer, head in chosen:
+                mask[layer, head] = 0
+            self.gates.set_mask(mask)
+            perplexity = self.perplexity()
+            if self.args.max_perplexity is not None and perplexity > self.args.max_perplexity:
+                self.gates.set_mask(previous)
+                self.record["rejected_iteration"] = {"heads": int(mask.sum()), "perplexity": perplexity,
+                                                     "pruned_heads": [list(h) for h in chosen]}
+                stop = f"max_perplexity: iteration {done + 1} reached {perplexity:.3f} and was undone"
+                break
+            self._append_iteration(mask, chosen, importance, perplexity)
+            logger.info("iteration %d: %d heads left, perplexity %.3f", done + 1, int(mask.sum()), perplexity)
+        self.record["stop_reason"] = stop
+        self._save_progress()
+        self._make_compact()
+        return self.record
+
+    def _append_iteration(self, mask, chosen, importance, perplexity) -> None:
+        record = self.record
+        record["data_subset"]["importance_tokens"] = self.importance_tokens
+        record["heads_per_iteration"].append(int(mask.sum()))
+        record["heads_per_layer_per_iteration"].append([int(n) for n in mask.sum(dim=1).tolist()])
+        record["kept_heads_per_iteration"].append(kept_heads(mask))
+        record["pruned_heads_per_iteration"].append([list(h) for h in chosen])
+        record["importance_per_iteration"].append(importance.cpu().tolist())
+        record["perplexity_per_iteration"].append(perplexity)
+        self._save_progress()
+
+    def _make_compact(self) -> None:
+        """Slice the masked heads out; measure what that bought; from here on `self.model` is compact."""
+        full = self.model
+        mask = self.gates.mask
+        self.gates.remove()  # the full model below runs unpruned: the baseline
+        compact = compact_from_masked(full, mask).to(self.args.device)
+        self.record["parameter_count"] = {"unpruned": count_parameters(full), "pruned": count_parameters(compact)}
+        self.record["speedup"] = self._speedup(full, compact) if self.args.measure_speedup else None
+        self.model = self.model_wrapped = self.compact_model = compact
+        del full
+
+    def _speedup(self, full, compact) -> dict:
+        batch = next(iter(self.get_eval_dataloader()))
+        input_ids = batch["input_ids"].to(self.args.device)
+        full.eval()
+        compact.eval()
+        full_s, compact_s = forward_seconds(full, input_ids), forward_seconds(compact, input_ids)
+        return {"measured": full_s / compact_s, "predicted_from_flops": forward_flops(full, input_ids) /
+                forward_flops(compact, input_ids), "unpruned_forward_s": full_s, "pruned_forward_s": compact_s,
+                "batch_size": int(input_ids.shape[0]), "sequence_length": int(input_ids.shape[1]),
+                "device": str(input_ids.device)}
+
+    # ---- optional recovery ----
+
+    def recover_with_lora(self) -> float:
+        """Fine-tune the compact model with LoRA adapters, merge them into the weights, return perplexity."""
+        from peft import LoraConfig, get_peft_model
+
+        if self.train_dataset is None:
+            raise SystemExit("error: lora_recovery needs training data (train_dataset)")
+        args = self.args
+        lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          target_modules=list(args.lora_target_modules), fan_in_fan_out=True,  # GPT-2's Conv1D
+                          task_type="CAUSAL_LM")
+        peft_model = get_peft_model(self.model, lora)
+        recovery_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "lora_recovery"))
+        recovery = Trainer(model=peft_model, args=recovery_args, train_dataset=self.train_dataset,
+                           data_collator=self.data_collator, processing_class=self.processing_class)
+        last = get_last_checkpoint(recovery_args.output_dir) if Path(recovery_args.output_dir).is_dir() else None
+        recovery.train(resume_from_checkpoint=last)
+        merged = recovery.accelerator.unwrap_model(recovery.model).merge_and_unload()
+        self.model = self.model_wrapped = self.compact_model = merged.to(args.device)
+        perplexity = self.perplexity()
+        self.record["lora_recovery"] = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                                        "target_modules": list(args.lora_target_modules),
+                                        "steps": recovery.state.global_step}
+        self.record["perplexity_after_recovery"] = perplexity
+        return perplexity
+
+    # ---- saving ----
+
+    def save_pruned(self, output_dir: str | None = None) -> None:
+        """Portable GPT-2 in output_dir, compact form in output_dir/compact, then pruning.json (last)."""
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        compact = self.accelerator.unwrap_model(self.compact_model).to("cpu")
+        forms = {"portable": "."}
+        self._save_folder(portable_from_compact(compact), output_dir, output_dir / ".portable.tmp")
+        if self.args.save_compact:
+            self._save_folder(compact, output_dir / COMPACT_SUBDIR, output_dir / ".compact.tmp")
+            forms["compact"] = COMPACT_SUBDIR
+        self.compact_model = compact.to(self.args.device)
+        self.record["saved_forms"] = forms
+        self.record["heads_per_layer"] = compact.config.heads_per_layer
+        write_json_atomically(output_dir / RECORD_FILE, self.record)
+        (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
+
+    def _save_folder(self, model, folder: Path, tmp: Path) -> None:
+        """Write the model and tokenizer to `tmp`, then move them into `folder` (which may hold other files)."""
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in tmp.iterdir():
+            os.replace(item, folder / item.name)
+        tmp.rmdir()
