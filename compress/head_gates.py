@@ -82,12 +82,18 @@ class HeadGates:
         self.remove()
 
 
+def sequence_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: the sum of next-token cross-entropies and the number of predicted tokens (-100 skipped)."""
+    targets = labels[..., 1:]
+    losses = F.cross_entropy(logits[..., :-1, :].transpose(1, 2).float(), targets, ignore_index=-100,
+                             reduction="none")
+    return losses.sum(dim=-1), (targets != -100).sum(dim=-1)
+
+
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropies and the number of predicted tokens (labels -100 are skipped)."""
-    targets = labels[..., 1:].reshape(-1)
-    loss = F.cross_entropy(logits[..., :-1, :].reshape(-1, logits.size(-1)).float(), targets,
-                           ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
+    """Sum of next-token cross-entropies over the batch and the number of predicted tokens."""
+    losses, tokens = sequence_token_losses(logits, labels)
+    return losses.sum(), int(tokens.sum())
 
 
 @contextmanager

@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
-from compress.head_gates import HeadGates, accumulate_gate_gradients, check_supported, finish_importance
+from compress.head_gates import (
+    HeadGates,
+    accumulate_gate_gradients,
+    check_supported,
+    finish_importance,
+    sequence_token_losses,
+)
 from compress.head_pruning import (
     compact_from_masked,
     count_parameters,
@@ -77,21 +83,47 @@ class HeadPruningTrainer(Trainer):
 
     # ---- one iteration's pieces ----
 
+    def _progress(self, loader, description: str):
+        return tqdm(loader, desc=description, disable=self.args.disable_tqdm or not self.is_local_process_zero())
+
     def compute_head_importance(self, description: str = "head importance") -> torch.Tensor:
         """Importance of every head with the current mask, summed over all processes' shards."""
         # The test loader: sequential, eval batch size, sharded by accelerate, never cached.
         loader = self.get_test_dataloader(self.importance_dataset)
-        progress = tqdm(loader, desc=description, disable=self.args.disable_tqdm or not self.is_local_process_zero())
-        gradient_sum, tokens = accumulate_gate_gradients(self.model, self.gates, progress,
+        gradient_sum, tokens = accumulate_gate_gradients(self.model, self.gates, self._progress(loader, description),
                                                          autocast=self.accelerator.autocast)
         tokens = torch.tensor(float(tokens), device=gradient_sum.device)
         gradient_sum = self.accelerator.reduce(gradient_sum, reduction="sum")
         self.importance_tokens = int(self.accelerator.reduce(tokens, reduction="sum").item())
         return finish_importance(gradient_sum, self.importance_tokens, self.gates.mask, self.args.normalize_importance)
 
+    @torch.no_grad()
     def perplexity(self) -> float:
-        loss = self.evaluate()["eval_loss"]
-        return math.exp(min(loss, 700.0))  # exp overflows past ~709
+        """exp(mean next-token loss) over the validation blocks, gathered from every process.
+
+        Per-sequence sums go through `gather_for_metrics`, which drops the samples accelerate repeats
+        to even out the last batch, so the number is the same on any number of processes.
+        """
+        self.model.eval()
+        loader = self.get_eval_dataloader()
+        total_loss, total_tokens = 0.0, 0
+        for batch in self._progress(loader, "perplexity"):
+            batch = {k: v.to(self.args.device) for k, v in batch.items()}
+            labels = batch.pop("labels", batch["input_ids"])
+            with self.accelerator.autocast():
+                logits = self.model(**batch).logits
+            losses, tokens = self.accelerator.gather_for_metrics(sequence_token_losses(logits, labels))
+            total_loss += float(losses.double().sum())
+            total_tokens += int(tokens.sum())
+        loss = total_loss / max(total_tokens, 1)
+        perplexity = math.exp(min(loss, 700.0))  # exp overflows past ~709
+        self.log({"eval_loss": loss, "eval_perplexity": perplexity, "eval_heads": int(self.heads_left())})
+        return perplexity
+
+    def heads_left(self) -> int:
+        if self.compact_model is not None:
+            return sum(self.compact_model.config.heads_per_layer)
+        return int(self.gates.mask.sum())
 
     # ---- the loop ----
 

@@ -2,14 +2,21 @@
 resuming, stop options, LoRA recovery, and one-line errors for bad configs."""
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from compress import prune, tiny_models
+from compress.arguments import parse_config_and_flags
 from compress.head_gates import HeadGates
+from compress.lm_data import DataArguments, build_lm_datasets
+from compress.pruning_config import PruningConfig
 from compress.pruning_trainer import PROGRESS_FILE, HeadPruningTrainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "trainer_configs" / "prune"
 
 RECORD_KEYS = {"heads_per_iteration", "heads_per_layer_per_iteration", "kept_heads_per_iteration",
                "pruned_heads_per_iteration", "importance_per_iteration", "perplexity_per_iteration", "num_samples",
@@ -74,6 +81,32 @@ def test_three_iterations_at_five_percent_leave_122_of_144_heads(pruned_12x12):
     assert record["stop_reason"].startswith("iterations")
     assert returned["heads_per_iteration"] == record["heads_per_iteration"]
     assert not (out / PROGRESS_FILE).exists()
+
+
+@pytest.mark.slow
+def test_perplexity_is_the_exponent_of_the_mean_validation_token_loss(pruned_12x12, gpt2_12x12, train_file):
+    out, record = pruned_12x12
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_12x12)
+    blocks = build_lm_datasets(DataArguments(train_file=str(train_file), block_size=32), tokenizer, seed=42)
+    ids = torch.tensor(blocks["validation"]["input_ids"])
+    with torch.no_grad():
+        unpruned = AutoModelForCausalLM.from_pretrained(gpt2_12x12)(input_ids=ids, labels=ids).loss
+        pruned = _in_memory_pruned(gpt2_12x12, record)(input_ids=ids, labels=ids).loss
+    assert record["perplexity_per_iteration"][0] == pytest.approx(math.exp(unpruned), rel=1e-5)
+    assert record["perplexity_per_iteration"][-1] == pytest.approx(math.exp(pruned), rel=1e-5)
+
+
+def test_study_configs_differ_only_in_the_subset_size():
+    parsed = {}
+    for size in (256, 1280, 2560, 5120, 12800):
+        config, data = parse_config_and_flags((PruningConfig, DataArguments),
+                                              [str(CONFIGS / f"wikitext_{size}.yaml")])
+        assert (config.num_samples, config.output_dir) == (size, f"runs/pruned/wikitext_{size}")
+        assert (data.dataset_name, data.dataset_config_name) == ("Salesforce/wikitext", "wikitext-103-raw-v1")
+        assert (config.model_name_or_path, config.prune_fraction, config.iterations) == ("gpt2", 0.05, 3)
+        parsed[size] = {**config.to_dict(), **vars(data), "num_samples": None, "output_dir": None,
+                        "logging_dir": None}
+    assert all(settings == parsed[256] for settings in parsed.values())
 
 
 def _in_memory_pruned(original, record):
