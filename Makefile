@@ -52,5 +52,15 @@ lint: install
 demo: install
 	@echo "demo: not wired up yet; it will build a tiny teacher, distill and prune it, evaluate toxicity and bias offline, and write a report"
 
+# Head pruning: importance on SUBSET WikiText-103 blocks (256, 1280, 2560, 5120 or 12800); writes $(RUNS)/pruned/wikitext_SUBSET.
+PRUNE_SUBSETS := 256 1280 2560 5120 12800
+
+prune: install
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) compress/prune.py \
+		trainer_configs/prune/wikitext_$(SUBSET).yaml --output_dir $(RUNS)/pruned/wikitext_$(SUBSET) $(ARGS)
+
+prune-all: install
+	@for subset in $(PRUNE_SUBSETS); do $(MAKE) --no-print-directory prune SUBSET=$$subset || exit 1; done
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
