@@ -11,6 +11,7 @@ into a plain GPT-2 whose pruned heads are zeros, so that anything that reads GPT
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -161,19 +162,22 @@ def forward_flops(model, input_ids: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def forward_seconds(model, input_ids: torch.Tensor, repeats: int = 5) -> float:
-    """Median wall time of a no-grad forward pass (after one warm-up pass)."""
+def forward_seconds(models: list, input_ids: torch.Tensor, repeats: int = 5) -> list[float]:
+    """Median wall time of a no-grad forward pass of each model, the models taking turns so that
+    background load on the machine hits them alike (one warm-up pass each first)."""
     def sync():
         if input_ids.device.type == "cuda":
             torch.cuda.synchronize(input_ids.device)
 
-    times = []
+    times = [[] for _ in models]
     with torch.no_grad():
-        model(input_ids=input_ids)
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
+        for model in models:
             model(input_ids=input_ids)
-            sync()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for _ in range(repeats):
+            for model, model_times in zip(models, times):
+                sync()
+                start = time.perf_counter()
+                model(input_ids=input_ids)
+                sync()
+                model_times.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]

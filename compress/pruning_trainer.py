@@ -242,7 +242,7 @@ class HeadPruningTrainer(Trainer):
         input_ids = batch["input_ids"].to(self.args.device)
         full.eval()
         compact.eval()
-        full_s, compact_s = forward_seconds(full, input_ids), forward_seconds(compact, input_ids)
+        full_s, compact_s = forward_seconds([full, compact], input_ids)
         return {"measured": full_s / compact_s, "predicted_from_flops": forward_flops(full, input_ids) /
                 forward_flops(compact, input_ids), "unpruned_forward_s": full_s, "pruned_forward_s": compact_s,
                 "batch_size": int(input_ids.shape[0]), "sequence_length": int(input_ids.shape[1]),
