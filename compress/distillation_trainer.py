@@ -16,11 +16,11 @@ the one that models the validation text best.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, Trainer
 
 from compress.distillation_config import DistillationConfig
@@ -44,51 +44,111 @@ def next_token_targets(labels: torch.Tensor, attention_mask: torch.Tensor | None
     return targets.masked_fill(~valid, IGNORE_INDEX), valid
 
 
-def _summed_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-                  valid: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[sum of KL(teacher_T || student_T), sum of cross-entropy] over the valid rows of a `(rows, vocab)` block.
+def _logit_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
+                 valid: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums of KL(teacher_T || student_T) and of cross-entropy over the valid rows, by plain autograd.
 
-    Upcasts to fp32 here, one block at a time, so that a full fp32 copy of the logits never exists.
+    Every intermediate is a logit-sized fp32 tensor kept for backward: the reference the chunked
+    version is tested and benchmarked against.
     """
     student = student_logits.float()
     ce = F.cross_entropy(student, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     if teacher_logits is None:
-        return torch.stack([ce.new_zeros(()), ce])
+        return ce.new_zeros(()), ce
     student_log_probs = F.log_softmax(student / temperature, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1)
-    return torch.stack([(kl * valid).sum(), ce])
+    return (kl * valid).sum(), ce
 
 
-def kd_and_ce_sums(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-                   valid: torch.Tensor, temperature: float, chunk_size: int = 1024
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed KL (at `temperature`) and cross-entropy over the valid positions, in chunks of positions.
+def _chunk_terms_and_grad(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor,
+                          valid: torch.Tensor, temperature: float, kd_weight: torch.Tensor, ce_weight: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KL sum, CE sum and the gradient of kd_weight * KL + ce_weight * CE w.r.t. one chunk of student rows.
 
-    With `chunk_size > 0` each chunk's fp32 softmaxes are freed after its forward and recomputed in
-    backward (activation checkpointing), so the loss's own memory is a few chunk-sized fp32 blocks
-    rather than several logit-sized ones. `teacher_logits=None` gives the cross-entropy alone.
+    d CE / d s = softmax(s) - onehot(target);  d KL / d s = (softmax(s / T) - softmax(t / T)) / T.
+    Written without in-place updates so that `torch.compile` can fuse it into a few kernels.
+    """
+    student = student.float()
+    keep = valid.unsqueeze(1)
+    safe_targets = targets.clamp(min=0).unsqueeze(1)  # ignored rows are masked by `keep`
+    log_probs = F.log_softmax(student, dim=-1)
+    ce = -(log_probs.gather(1, safe_targets).squeeze(1) * valid).sum()
+    onehot = torch.arange(student.shape[-1], device=student.device) == safe_targets
+    grad = (log_probs.exp() - onehot.float()) * (ce_weight * keep)
+    kd = ce.new_zeros(())
+    if teacher is not None:
+        student_log_probs = F.log_softmax(student / temperature, dim=-1)
+        teacher_log_probs = F.log_softmax(teacher.float() / temperature, dim=-1)
+        teacher_probs = teacher_log_probs.exp()
+        kd = ((teacher_probs * (teacher_log_probs - student_log_probs)).sum(-1) * valid).sum()
+        grad = grad + (student_log_probs.exp() - teacher_probs) * (kd_weight / temperature * keep)
+    return kd, ce, grad
+
+
+@functools.cache
+def _compiled_chunk_terms_and_grad():
+    return torch.compile(_chunk_terms_and_grad, dynamic=False)  # compiled on first use, once per process
+
+
+class _ChunkedLogitLoss(torch.autograd.Function):
+    """kd_weight * KL sum + ce_weight * CE sum over `(rows, vocab)` logits, a chunk of rows at a time.
+
+    The gradient w.r.t. the student logits is written during the forward, chunk by chunk, into one
+    buffer of the logits' own dtype, so no logit-sized fp32 intermediate is kept for backward and
+    nothing is recomputed (the approach of chunked loss kernels such as Liger's).
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, targets, valid, temperature, kd_weight, ce_weight, chunk_size, compile_loss):
+        terms_and_grad = _compiled_chunk_terms_and_grad() if compile_loss else _chunk_terms_and_grad
+        grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        kd_total = torch.zeros((), dtype=torch.float32, device=student.device)
+        ce_total = torch.zeros((), dtype=torch.float32, device=student.device)
+        for start in range(0, student.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            kd, ce, chunk_grad = terms_and_grad(student[rows], None if teacher is None else teacher[rows],
+                                                targets[rows], valid[rows], temperature, kd_weight, ce_weight)
+            kd_total, ce_total = kd_total + kd, ce_total + ce
+            if grad is not None:
+                grad[rows] = chunk_grad
+            del chunk_grad
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        sums = torch.stack([kd_total, ce_total])
+        ctx.mark_non_differentiable(sums)
+        return kd_weight * kd_total + ce_weight * ce_total, sums
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_sums):
+        (grad,) = ctx.saved_tensors
+        # In place: the buffer is used once (a second backward through the same graph is not supported).
+        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None, None, None, None, None, None
+
+
+def distillation_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                            targets: torch.Tensor, valid: torch.Tensor, temperature: float,
+                            kd_weight: torch.Tensor | float, ce_weight: torch.Tensor | float, chunk_size: int = 1024,
+                            compile_loss: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kd_weight * KL sum + ce_weight * CE sum, KL sum, CE sum) over the valid positions.
+
+    KL is taken at `temperature`, cross-entropy at 1; `teacher_logits=None` leaves the KL out (0).
+    `chunk_size > 0` upcasts and differentiates `chunk_size` positions at a time, so the loss holds no
+    full fp32 copy of either logit tensor; `chunk_size = 0` is plain autograd in one piece. The sums
+    are detached (for logging); the first value carries the gradient.
     """
     vocab = student_logits.shape[-1]
     student_rows = student_logits.reshape(-1, vocab)
     teacher_rows = None if teacher_logits is None else teacher_logits.reshape(-1, vocab)
     target_rows, valid_rows = targets.reshape(-1), valid.reshape(-1)
-    rows = student_rows.shape[0]
-    if chunk_size <= 0 or rows <= chunk_size:
-        sums = _summed_terms(student_rows, teacher_rows, target_rows, valid_rows, temperature)
-        return sums[0], sums[1]
-
-    recompute = torch.is_grad_enabled() and student_rows.requires_grad
-    teacher_chunks = [None] * math.ceil(rows / chunk_size) if teacher_rows is None else teacher_rows.split(chunk_size)
-    sums = student_rows.new_zeros(2, dtype=torch.float32)
-    # `split` (not slicing) so that backward concatenates the chunk gradients once.
-    for student, teacher, target, keep in zip(student_rows.split(chunk_size), teacher_chunks,
-                                              target_rows.split(chunk_size), valid_rows.split(chunk_size)):
-        if recompute:
-            sums = sums + checkpoint(_summed_terms, student, teacher, target, keep, temperature, use_reentrant=False)
-        else:
-            sums = sums + _summed_terms(student, teacher, target, keep, temperature)
-    return sums[0], sums[1]
+    if chunk_size <= 0:
+        kd, ce = _logit_terms(student_rows, teacher_rows, target_rows, valid_rows, temperature)
+        return kd_weight * kd + ce_weight * ce, kd.detach(), ce.detach()
+    device = student_rows.device
+    kd_weight, ce_weight = (torch.as_tensor(w, dtype=torch.float32, device=device) for w in (kd_weight, ce_weight))
+    loss, sums = _ChunkedLogitLoss.apply(student_rows, teacher_rows, target_rows, valid_rows, temperature,
+                                         kd_weight, ce_weight, chunk_size, compile_loss)
+    return loss, sums[0], sums[1]
 
 
 def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, valid: torch.Tensor
@@ -143,8 +203,8 @@ class DistillationTrainer(Trainer):
 
         if not model.training:  # evaluation: the student's own next-token loss
             outputs = model(**model_inputs)
-            _, ce_sum = kd_and_ce_sums(outputs.logits, None, targets, valid, 1.0, args.kd_chunk_size)
-            loss = ce_sum / positions
+            loss, _, _ = distillation_logit_loss(outputs.logits, None, targets, valid, 1.0, 0.0, 1 / positions,
+                                                 args.kd_chunk_size, args.compile_loss)
             return (loss, outputs) if return_outputs else loss
 
         use_hidden = args.alpha_cos > 0
@@ -152,11 +212,11 @@ class DistillationTrainer(Trainer):
         outputs = model(**model_inputs, output_hidden_states=use_hidden)
         with torch.no_grad():
             teacher_outputs = self.teacher(**model_inputs, output_hidden_states=use_hidden)
-        teacher_logits = teacher_outputs.logits if args.alpha_kd > 0 else None
-        kd_sum, ce_sum = kd_and_ce_sums(outputs.logits, teacher_logits, targets, valid, args.temperature,
-                                        args.kd_chunk_size)
-        parts = {"kd": kd_sum / positions * args.temperature**2, "ce": ce_sum / positions}
-        loss = args.alpha_kd * parts["kd"] + args.alpha_ce * parts["ce"]
+        kd_scale = args.temperature**2 / positions
+        loss, kd_sum, ce_sum = distillation_logit_loss(
+            outputs.logits, teacher_outputs.logits if args.alpha_kd > 0 else None, targets, valid, args.temperature,
+            args.alpha_kd * kd_scale, args.alpha_ce / positions, args.kd_chunk_size, args.compile_loss)
+        parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
         if use_hidden:
             parts["cos"] = hidden_cosine_loss(outputs.hidden_states[-1], teacher_outputs.hidden_states[-1], valid)
             loss = loss + args.alpha_cos * parts["cos"]

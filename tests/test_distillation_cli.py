@@ -50,6 +50,7 @@ def distilled(tiny_gpt2, train_file, tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.slow
 def test_short_run_lowers_validation_loss(distilled):
     out, summary = distilled
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -62,6 +63,7 @@ def test_short_run_lowers_validation_loss(distilled):
     assert trained and all({"loss", "loss_kd", "loss_ce"} <= entry.keys() for entry in trained)
 
 
+@pytest.mark.slow
 def test_output_is_a_standard_checkpoint_with_a_summary(distilled, tiny_gpt2):
     out, summary = distilled
     written = json.loads((out / "distillation.json").read_text())
@@ -82,6 +84,7 @@ def test_output_is_a_standard_checkpoint_with_a_summary(distilled, tiny_gpt2):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_output_loads_and_evaluates_in_lm_eval(distilled, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -104,6 +107,7 @@ def test_output_loads_and_evaluates_in_lm_eval(distilled, tmp_path):
     assert len(samples) == 6 and all(len(s["resps"]) == 2 for s in samples)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_reproduces_the_uninterrupted_run(tiny_gpt2, train_file, tmp_path, monkeypatch):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     main(_flags(tiny_gpt2, train_file, full, save_strategy="steps", save_steps=4))

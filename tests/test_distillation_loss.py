@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from compress.distillation_config import DistillationConfig
-from compress.distillation_trainer import DistillationTrainer, kd_and_ce_sums, next_token_targets
+from compress.distillation_trainer import DistillationTrainer, distillation_logit_loss, next_token_targets
 from compress.students import build_student
 
 
@@ -104,10 +104,11 @@ def test_evaluation_loss_is_the_students_cross_entropy(models, tmp_path):
     assert torch.allclose(loss, ce, rtol=1e-5)
 
 
-def test_chunked_terms_equal_unchunked_in_value_and_gradient():
+@pytest.mark.parametrize("with_teacher", [True, False])
+def test_chunked_loss_equals_plain_autograd_in_value_and_gradient(with_teacher):
     torch.manual_seed(0)
     student_logits = torch.randn(3, 11, 50, requires_grad=True)
-    teacher_logits = torch.randn(3, 11, 50)
+    teacher_logits = torch.randn(3, 11, 50) if with_teacher else None
     labels = torch.randint(0, 50, (3, 11))
     labels[1, 5] = -100
     mask = torch.ones(3, 11, dtype=torch.long)
@@ -115,17 +116,32 @@ def test_chunked_terms_equal_unchunked_in_value_and_gradient():
     targets, valid = next_token_targets(labels, mask)
     assert valid.sum() == 3 * 10 - 1 - 4  # last position of each row, the ignored label, the padding
     results = []
-    for chunk in (0, 4, 5, 1000):
-        kd, ce = kd_and_ce_sums(student_logits, teacher_logits, targets, valid, 2.0, chunk)
-        (grad,) = torch.autograd.grad(kd + 0.5 * ce, student_logits)
-        results.append((kd.detach(), ce.detach(), grad))
-    for kd, ce, grad in results[1:]:
-        assert torch.allclose(kd, results[0][0], rtol=1e-5)
-        assert torch.allclose(ce, results[0][1], rtol=1e-5)
-        assert torch.allclose(grad, results[0][2], atol=1e-6)
-    assert results[0][0] > 0 and results[0][1] > 0
+    for chunk in (0, 4, 5, 33, 1000):  # 0: plain autograd in one piece
+        loss, kd, ce = distillation_logit_loss(student_logits, teacher_logits, targets, valid, 2.0, 0.3, 0.7, chunk)
+        (grad,) = torch.autograd.grad(loss * 1.5, student_logits)
+        results.append((loss.detach(), kd, ce, grad))
+    reference = results[0]
+    assert reference[2] > 0 and (reference[1] > 0) == with_teacher
+    assert torch.allclose(reference[0], 0.3 * reference[1] + 0.7 * reference[2])
+    for loss, kd, ce, grad in results[1:]:
+        for value, expected in zip((loss, kd, ce), reference[:3]):
+            assert torch.allclose(value, expected, rtol=1e-5)
+        assert torch.allclose(grad, reference[3], atol=1e-6)
     # Rows that do not count get no gradient.
-    assert torch.count_nonzero(results[0][2][2, -4:]) == 0 and torch.count_nonzero(results[0][2][:, -1]) == 0
+    assert torch.count_nonzero(reference[3][2, -4:]) == 0 and torch.count_nonzero(reference[3][:, -1]) == 0
+
+
+def test_chunked_loss_keeps_the_gradient_in_the_logits_dtype():
+    torch.manual_seed(0)
+    student_logits = torch.randn(2, 6, 40, dtype=torch.bfloat16, requires_grad=True)
+    teacher_logits = torch.randn(2, 6, 40, dtype=torch.bfloat16)
+    targets, valid = next_token_targets(torch.randint(0, 40, (2, 6)))
+    loss, _, _ = distillation_logit_loss(student_logits, teacher_logits, targets, valid, 2.0, 0.5, 0.5, 4)
+    loss.backward()
+    assert loss.dtype == torch.float32 and student_logits.grad.dtype == torch.bfloat16
+    plain, _, _ = distillation_logit_loss(student_logits.detach().float(), teacher_logits, targets, valid, 2.0, 0.5,
+                                          0.5, 0)
+    assert torch.allclose(loss, plain, rtol=1e-5)
 
 
 def test_teacher_is_frozen_in_eval_mode_and_training_precision(models, tmp_path):
