@@ -52,6 +52,19 @@ lint: install
 demo: install
 	@echo "demo: not wired up yet; it will build a tiny teacher, distill and prune it, evaluate toxicity and bias offline, and write a report"
 
+# Toxicity prompts into $(DATA_DIR): RTP from RTP_SOURCE (hub name or a local prompts.jsonl) and the three TCCC
+# sets from TCCC_SOURCE (Kaggle's train.csv). Offline, pass TOKENIZER=/path/to/gpt2_tokenizer.
+RTP_SOURCE ?= allenai/real-toxicity-prompts
+TCCC_SOURCE ?=
+TOKENIZER ?= gpt2
+RTP_ARGS ?=
+TCCC_ARGS ?=
+
+prompts: install
+	@test -n "$(TCCC_SOURCE)" || { echo "make prompts: set TCCC_SOURCE=/path/to/train.csv (Kaggle jigsaw-toxic-comment-classification-challenge)"; exit 1; }
+	$(BIN)/compfair-prompts rtp --source $(RTP_SOURCE) --out $(DATA_DIR) --tokenizer $(TOKENIZER) $(RTP_ARGS)
+	$(BIN)/compfair-prompts tccc --source $(TCCC_SOURCE) --out $(DATA_DIR) --tokenizer $(TOKENIZER) $(TCCC_ARGS)
+
 # Head pruning: importance on SUBSET WikiText-103 blocks (256, 1280, 2560, 5120 or 12800); writes $(RUNS)/pruned/wikitext_SUBSET.
 PRUNE_SUBSETS := 256 1280 2560 5120 12800
 
