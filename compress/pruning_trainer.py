@@ -1,7 +1,7 @@
 """`HeadPruningTrainer`: iterative attention-head pruning (Michel et al., 2019) on Trainer's machinery.
 
-Trainer supplies the data loaders (sharded across processes by accelerate), mixed precision,
-evaluation (perplexity = exp(eval loss), gathered across processes) and logging. One iteration:
+Trainer supplies the data loaders (sharded across processes by accelerate), mixed precision and
+logging; importance and perplexity are summed over every process's shard. One iteration:
 
 1. importance of every head on the `num_samples` importance blocks, with the current mask;
 2. mask the ceil(prune_fraction x remaining) least important heads, never a layer's last head;

@@ -237,3 +237,20 @@ def test_bad_configs_fail_with_one_clear_line(tmp_path, tiny_gpt2, train_file, f
 def test_other_architectures_fail_naming_the_model_type(tmp_path, tiny_seq2seq, train_file):
     with pytest.raises(SystemExit, match="'blenderbot' is not supported yet"):
         prune.main([str(_config(tmp_path, tiny_seq2seq, train_file))])
+
+
+@pytest.mark.slow
+def test_the_script_runs_as_a_file_on_cpu(tmp_path, tiny_gpt2, train_file):
+    """`python compress/prune.py ...`, the way the demo and accelerate call it (compress/ first on sys.path)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "pruned"
+    command = [sys.executable, str(CONFIGS.parents[1] / "compress" / "prune.py"), "--model_name_or_path",
+               str(tiny_gpt2), "--train_file", str(train_file), "--block_size", "32", "--num_samples", "16",
+               "--per_device_eval_batch_size", "8", "--prune_fraction", "0.25", "--iterations", "2",
+               "--output_dir", str(out), "--disable_tqdm", "true", "--use_cpu", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "heads per iteration: [16, 12, 9]" in done.stdout
+    assert json.loads((out / "pruning.json").read_text())["heads_per_iteration"] == [16, 12, 9]
