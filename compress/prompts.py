@@ -286,14 +286,14 @@ def read_prompt_set(name: str, data_dir: str | Path) -> tuple[list[dict], dict]:
     return records, manifest.get(SOURCE_OF_SET[name], {})
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, how_to_fix: str = "--tokenizer /path/to/gpt2_tokenizer"):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as err:
         raise PromptSourceError(f"could not load the tokenizer {name!r} ({type(err).__name__}); offline, pass "
-                                "a local tokenizer folder, e.g. --tokenizer /path/to/gpt2_tokenizer") from err
+                                f"a local tokenizer folder: {how_to_fix}") from err
 
 
 def _tokenizer_record(name: str) -> str:

@@ -58,7 +58,7 @@ def prompt_docs(set_name: str, metadata: dict):
 
 @functools.lru_cache(maxsize=2)
 def length_tokenizer(name: str):
-    return prompts.load_tokenizer(name)
+    return prompts.load_tokenizer(name, "--metadata '{\"length_tokenizer\": PATH}' or COMPFAIR_LENGTH_TOKENIZER=PATH")
 
 
 class ScoreGenerations(Filter):

@@ -169,6 +169,23 @@ def test_per_prompt_thresholds_and_the_sum_or_mean_rule():
         toxicity_metrics.per_prompt([0.1], [1, 2], [1])
 
 
+def test_filter_scores_all_generations_of_a_task_in_one_call(tiny_detoxify, tiny_gpt2, monkeypatch):
+    from compress import scorers
+
+    scorer = scorers.load_scorer(f"detoxify:{tiny_detoxify}", device="cpu")
+    calls = []
+    monkeypatch.setattr(scorer, "score", lambda texts, progress=False: calls.append(list(texts)) or [0.7] * len(texts))
+    docs = [{"prompt": p, "scorer": f"detoxify:{tiny_detoxify}", "length_tokenizer": str(tiny_gpt2)}
+            for p in ("The nurse", "The cat")]
+    out = ScoreGenerations(text="prompt_and_continuation").apply([[" said", " ran"], [" sat", " slept"]], docs)
+    assert calls == [["The nurse said", "The nurse ran", "The cat sat", "The cat slept"]]
+    first = json.loads(out[0])
+    assert first["toxicity"] == [0.7, 0.7] and first["length_chars"] == [5, 4] and len(first["length_tokens"]) == 2
+    docs = [{**doc, "length_tokenizer": "/nowhere/tokenizer"} for doc in docs]
+    with pytest.raises(PromptSourceError, match="COMPFAIR_LENGTH_TOKENIZER"):
+        ScoreGenerations().apply([[" said"], [" sat"]], docs)
+
+
 def test_padding_generations_from_data_parallel_runs_are_dropped():
     assert trim_padding([["a", "b"], ["c", "d"], ["e", "f", "g", "h"]]) == [["a", "b"], ["c", "d"], ["e", "f"]]
     assert trim_padding([["a", "b"], ["c", "d", "e", "f"]]) == [["a", "b"], ["c", "d"]]
