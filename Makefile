@@ -65,6 +65,17 @@ prompts: install
 	$(BIN)/compfair-prompts rtp --source $(RTP_SOURCE) --out $(DATA_DIR) --tokenizer $(TOKENIZER) $(RTP_ARGS)
 	$(BIN)/compfair-prompts tccc --source $(TCCC_SOURCE) --out $(DATA_DIR) --tokenizer $(TOKENIZER) $(TCCC_ARGS)
 
+# Distillation: student CONFIG (A, B, Bnot, C, D or Dnot) of GPT-2; writes $(RUNS)/students/CONFIG and resumes
+# from its last checkpoint when re-run.
+STUDENTS := A B Bnot C D Dnot
+
+distill: install
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) compress/distill.py \
+		trainer_configs/distill/$(CONFIG).yaml --output_dir $(RUNS)/students/$(CONFIG) $(ARGS)
+
+distill-all: install
+	@for student in $(STUDENTS); do $(MAKE) --no-print-directory distill CONFIG=$$student || exit 1; done
+
 # Head pruning: importance on SUBSET WikiText-103 blocks (256, 1280, 2560, 5120 or 12800); writes $(RUNS)/pruned/wikitext_SUBSET.
 PRUNE_SUBSETS := 256 1280 2560 5120 12800
 
