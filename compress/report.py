@@ -47,6 +47,10 @@ PERPLEXITY_METRIC = "word_perplexity"
 PREFERRED_PERPLEXITY_TASKS = ("wikitext",)
 # Metrics that stand for a task in the perplexity plots and the perplexity-matched table, best first.
 HEADLINE_METRICS = ("toxic_score", "expected_max_toxicity", "ss", "anti_rate")
+# The metrics summary.md tables show (summary.csv has every metric); a task with none of them shows all.
+KEY_METRICS = ("toxic_count", "toxic_score", "expected_max_toxicity", "toxicity_probability", "gen_length_tokens",
+               "ss", "lms", "icat", "stereotype_count", "anti_stereotype_count", "unrelated_count", "anti_count",
+               "anti_rate", "pro_rate", "bias_gap", "word_perplexity")
 METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2}
 
 
@@ -92,10 +96,15 @@ class Estimate:
     n: int | None
     is_group: bool
     source: str
+    show_filter: bool = False  # the task reports this metric under several lm-eval filters
+
+    @property
+    def name(self) -> str:
+        return self.metric + (f"[{self.filter}]" if self.show_filter else "")
 
     @property
     def column(self) -> str:
-        return f"{self.task}/{self.metric}" + ("" if self.filter in ("none", "") else f"[{self.filter}]")
+        return f"{self.task}/{self.name}"
 
 
 @dataclass
@@ -291,122 +300,256 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, str)
 
 
-def _record_statistics(metric: str) -> list[significance.RecordAggregation]:
-    """Per-record aggregations that other modules provide for structured per-document values."""
-    found = []
-    try:
-        from compress import bias_metrics
-    except ImportError:
-        return found
-    aggregate = getattr(bias_metrics, "stereoset_scores", None)
-    if callable(aggregate):
-        found.append(significance.RecordAggregation(
-            f"stereoset_scores[{metric}]", lambda records, aggregate=aggregate: float(aggregate(records)[metric])))
-    return found
+WEIGHTED_MEAN = significance.Aggregation("weighted_mean", lambda v: v[..., 0].sum(-1) / v[..., 1].sum(-1), width=2)
 
 
-def candidate_statistics(metric: str, values: list) -> list[significance.Statistic]:
+def candidate_statistics(values: list) -> list[significance.Aggregation]:
+    """Ways per-document numbers can add up to a task's value, most common first."""
     if all(_is_number(v) for v in values):
         return [significance.MEAN, significance.SUM]
     if all(isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)) for v in values):
         return [significance.PERPLEXITY, significance.BITS_PER_BYTE, WEIGHTED_MEAN]
-    if all(isinstance(v, dict) for v in values):
-        return list(_record_statistics(metric))
     return []
 
 
-WEIGHTED_MEAN = significance.Aggregation("weighted_mean", lambda v: v[..., 0].sum(-1) / v[..., 1].sum(-1), width=2)
-
-
-def _reproduces(statistic: significance.Statistic, values: list, reported: float) -> bool:
+def _stereoset_wanted(metrics: list[str]) -> list[tuple[str, str, str | None]]:
+    """(metric, score, domain) for the metrics named like StereoSet's: ss, lms, icat, optionally `_<domain>`."""
     try:
-        prepared = significance.prepare_values(statistic, values)
-        computed = significance.evaluate_statistic(statistic, prepared)
-    except (ValueError, KeyError, TypeError, ZeroDivisionError, IndexError):
-        return False
-    return math.isclose(computed, reported, rel_tol=1e-6, abs_tol=1e-9)
+        from compress import bias_metrics
+    except ImportError:
+        return []
+    wanted = []
+    for metric in metrics:
+        score, _, domain = metric.partition("_")
+        if score in ("ss", "lms", "icat") and (not domain or domain in bias_metrics.DOMAINS):
+            wanted.append((metric, score, domain or None))
+    return wanted
 
 
-def infer_statistic(metric: str, observations: list[tuple[list, float]]) -> significance.Statistic | None:
-    """The one aggregation that turns every model's per-document values into its reported value."""
-    if not observations:
+def stereoset_statistic(metrics: list[str]) -> significance.RecordAggregation | None:
+    """StereoSet's per-target ss/lms/icat (overall and `_<domain>`) from per-document items, through
+    `compress.bias_metrics.stereoset_scores` itself: one call per domain per resample."""
+    wanted = _stereoset_wanted(metrics)
+    if not wanted:
         return None
-    candidates = candidate_statistics(metric, observations[0][0])
-    for statistic in candidates:
-        if all(_reproduces(statistic, values, reported) for values, reported in observations):
-            return statistic
-    return None
+    from compress import bias_metrics
+
+    def scores(records: list) -> list[float]:
+        by_domain = {}
+        for _, _, domain in wanted:
+            if domain not in by_domain:
+                items = records if domain is None else [r for r in records if r.get("domain") == domain]
+                by_domain[domain] = bias_metrics.stereoset_scores(items)
+        return [by_domain[domain][score] for _, score, domain in wanted]
+
+    return significance.RecordAggregation("stereoset_scores", scores, tuple(m for m, _, _ in wanted))
+
+
+def stereoset_aggregation(metrics: list[str]) -> significance.Aggregation | None:
+    """The same numbers as `stereoset_statistic`, vectorised over resamples.
+
+    StereoSet averages per target term, so a resample is summarised by per-target tallies
+    (examples, stereotype wins, related wins), counted for all resamples at once with one bincount.
+    The report keeps it only where it reproduces every reported value, which
+    `compress.bias_metrics.stereoset_scores` computed; a test checks it against that function on resamples.
+    Encoded columns: target code, domain code, stereotype > anti-stereotype, #(stereotype, anti > unrelated).
+    """
+    wanted = _stereoset_wanted(metrics)
+    if not wanted:
+        return None
+    from compress import bias_metrics
+
+    def encode(records: list) -> np.ndarray:
+        code = {t: i for i, t in enumerate(sorted({r["target"] for r in records}))}
+        domain = {d: i for i, d in enumerate(bias_metrics.DOMAINS)}
+        return np.array([[code[r["target"]], domain.get(r["domain"], -1),
+                          float(r["stereotype"] > r["anti-stereotype"]),
+                          float(r["stereotype"] > r["unrelated"]) + float(r["anti-stereotype"] > r["unrelated"])]
+                         for r in records], dtype=float).reshape(-1, 4)
+
+    def aggregate(values: np.ndarray) -> np.ndarray:
+        batch, (n, _) = values.shape[:-2], values.shape[-2:]
+        flat = values.reshape(-1, n, 4)
+        rows = flat.shape[0]
+        targets = int(flat[..., 0].max()) + 1 if n else 1
+        slot = (np.arange(rows)[:, None] * targets + flat[..., 0].astype(np.int64)).ravel()
+        out = np.empty((rows, len(wanted)))
+        by_domain = {}
+        for k, (_, score, domain) in enumerate(wanted):
+            if domain not in by_domain:
+                keep = np.ones((rows, n)) if domain is None else \
+                    (flat[..., 1] == bias_metrics.DOMAINS.index(domain)).astype(float)
+
+                def tally(weight, keep=keep):
+                    return np.bincount(slot, (keep * weight).ravel(), rows * targets).reshape(rows, targets)
+
+                examples, wins, related = tally(1.0), tally(flat[..., 2]), tally(flat[..., 3])
+                present = examples > 0
+                terms = present.sum(axis=1)
+                safe = np.where(present, examples, 1.0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ss = np.where(present, 100.0 * wins / safe, 0.0).sum(axis=1) / terms
+                    lms = np.where(present, 100.0 * related / (2.0 * safe), 0.0).sum(axis=1) / terms
+                ss, lms = np.where(terms > 0, ss, np.nan), np.where(terms > 0, lms, np.nan)
+                by_domain[domain] = {"ss": ss, "lms": lms, "icat": lms * np.minimum(ss, 100.0 - ss) / 50.0}
+            out[:, k] = by_domain[domain][score]
+        return out.reshape(*batch, len(wanted))
+
+    return significance.Aggregation("stereoset_scores (vectorised)", aggregate, width=4,
+                                    outputs=tuple(m for m, _, _ in wanted), encode=encode)
+
+
+@dataclass
+class MetricGroup:
+    """Metrics of one task and filter computed by one statistic from one metric's per-document values."""
+
+    task: str
+    filter: str
+    source: str  # the metric whose per-document values feed the statistic
+    statistic: significance.Statistic
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.statistic.outputs or (self.source,)
+
+
+def _reproduced(statistic, values: list, reported: list[float]) -> list[bool]:
+    try:
+        computed = significance.evaluate_all(statistic, significance.prepare_values(statistic, values))
+    except (ValueError, KeyError, TypeError, ZeroDivisionError, IndexError):
+        return [False] * len(reported)
+    return [math.isclose(c, r, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(c) and math.isnan(r))
+            for c, r in zip(computed, reported)]
+
+
+def find_metric_groups(runs: dict[str, ModelRun], task: str, filter_name: str, metrics: list[str],
+                       ) -> list[MetricGroup]:
+    """For each metric, the aggregation of its per-document values that reproduces the reported value
+    for every model that has both; a metric no aggregation reproduces is left out."""
+    observed = defaultdict(dict)  # metric -> model -> per-document values
+    for name, run in runs.items():
+        result = run.tasks.get(task)
+        for metric in metrics:
+            if result is not None and (metric, filter_name) in result.metrics:
+                values = doc_values(run, task, metric, filter_name)
+                if values is not None:
+                    observed[metric][name] = list(values.values())
+
+    def reported(metric, name):
+        return runs[name].tasks[task].metrics[(metric, filter_name)]
+
+    groups = []
+    record_metrics = [m for m in metrics if observed[m] and all(isinstance(v, dict) for vals in observed[m].values()
+                                                                  for v in vals)]
+    for metric in metrics:
+        if not observed[metric] or metric in record_metrics:
+            continue
+        first = next(iter(observed[metric].values()))
+        for statistic in candidate_statistics(first):
+            if all(_reproduced(statistic, values, [reported(metric, name)])[0]
+                   for name, values in observed[metric].items()):
+                groups.append(MetricGroup(task, filter_name, metric, statistic))
+                break
+    # Per-record metrics: the vectorised StereoSet aggregation where it reproduces every reported value,
+    # else the reference function itself, metric by metric.
+    remaining = list(record_metrics)
+    for build in (stereoset_aggregation, stereoset_statistic):
+        statistic = build(remaining)
+        if statistic is None:
+            continue
+        keep = list(statistic.outputs)
+        for name, values in observed[statistic.outputs[0]].items():
+            matches = _reproduced(statistic, values, [reported(m, name) if (m, filter_name) in
+                                                      runs[name].tasks[task].metrics else math.nan
+                                                      for m in statistic.outputs])
+            keep = [m for m, ok in zip(statistic.outputs, matches) if ok and m in keep]
+        if keep:
+            statistic = build(keep)
+            groups.append(MetricGroup(task, filter_name, statistic.outputs[0], statistic))
+            remaining = [m for m in remaining if m not in keep]
+    return groups
 
 
 # ---------------------------------------------------------------- the analysis
 
 
-def _metric_keys(runs: dict[str, ModelRun]) -> list[tuple[str, str, str]]:
-    keys = set()
+def _task_filters(runs: dict[str, ModelRun]) -> dict[tuple[str, str], list[str]]:
+    metrics = defaultdict(set)
     for run in runs.values():
         for task, result in run.tasks.items():
-            keys.update((task, metric, filter_name) for metric, filter_name in result.metrics)
-    return sorted(keys)
+            for metric, filter_name in result.metrics:
+                metrics[(task, filter_name)].add(metric)
+    return {key: sorted(value) for key, value in sorted(metrics.items())}
 
 
 def estimate_metrics(runs: dict[str, ModelRun], resamples: int | None, seed: int, notes: list[str],
-                     ) -> tuple[list[Estimate], dict[tuple, significance.Statistic]]:
-    estimates, statistics = [], {}
-    keys = _metric_keys(runs)
-    for task, metric, filter_name in tqdm(keys, desc="intervals", unit="metric", disable=None):
-        observations = {}
-        for name, run in runs.items():
-            result = run.tasks.get(task)
-            if result is None or (metric, filter_name) not in result.metrics:
-                continue
-            values = doc_values(run, task, metric, filter_name)
-            if values is not None:
-                observations[name] = (list(values.values()), result.metrics[(metric, filter_name)])
-        statistic = infer_statistic(metric, list(observations.values()))
-        if statistic is not None:
-            statistics[(task, metric, filter_name)] = statistic
-        elif observations:
-            notes.append(f"{task}/{metric}: no aggregation of its per-document values reproduces the reported "
-                         "value; its interval is lm-eval's standard error and it gets no paired test")
-        for name, run in runs.items():
-            result = run.tasks.get(task)
-            if result is None or (metric, filter_name) not in result.metrics:
-                continue
-            value = result.metrics[(metric, filter_name)]
-            low = high = math.nan
-            method, n = "none", result.n_samples
-            if statistic is not None and name in observations:
-                interval = significance.bootstrap_interval(observations[name][0], statistic, resamples, seed=seed)
-                low, high, method, n = interval.low, interval.high, "bootstrap", interval.n
-            elif (metric, filter_name) in result.stderr:
-                se = result.stderr[(metric, filter_name)]
-                low, high, method = value - Z95 * se, value + Z95 * se, "stderr"
-            estimates.append(Estimate(name, task, metric, filter_name, value, low, high, method, n, result.is_group,
-                                      str(result.results_file)))
-    return estimates, statistics
+                     ) -> tuple[list[Estimate], list[MetricGroup]]:
+    estimates, all_groups = [], []
+    for (task, filter_name), metrics in tqdm(_task_filters(runs).items(), desc="intervals", unit="task",
+                                             disable=None):
+        groups = find_metric_groups(runs, task, filter_name, metrics)
+        all_groups += groups
+        intervals = {}  # (model, metric) -> Interval
+        for group in groups:
+            for name, run in runs.items():
+                values = doc_values(run, task, group.source, filter_name)
+                if values is None or (group.source, filter_name) not in run.tasks[task].metrics:
+                    continue
+                found = significance.bootstrap_intervals(list(values.values()), group.statistic, resamples, seed=seed)
+                intervals.update({(name, m): i for m, i in zip(group.metrics, found)})
+        grouped = {m for g in groups for m in g.metrics}
+        has_samples = any(run.tasks.get(task) and run.tasks[task].samples_file for run in runs.values())
+        for metric in metrics:
+            if metric not in grouped and has_samples:
+                notes.append(f"{task}/{metric}: no aggregation of its per-document values reproduces the reported "
+                             "value; its interval is lm-eval's standard error and it gets no paired test")
+            for name, run in runs.items():
+                result = run.tasks.get(task)
+                if result is None or (metric, filter_name) not in result.metrics:
+                    continue
+                value = result.metrics[(metric, filter_name)]
+                low = high = math.nan
+                method, n = "none", result.n_samples
+                if (name, metric) in intervals:
+                    interval = intervals[(name, metric)]
+                    low, high, method, n = interval.low, interval.high, "bootstrap", interval.n
+                elif (metric, filter_name) in result.stderr:
+                    se = result.stderr[(metric, filter_name)]
+                    low, high, method = value - Z95 * se, value + Z95 * se, "stderr"
+                estimates.append(Estimate(name, task, metric, filter_name, value, low, high, method, n,
+                                          result.is_group, str(result.results_file)))
+    filters = defaultdict(set)
+    for e in estimates:
+        filters[(e.task, e.metric)].add(e.filter)
+    for e in estimates:
+        e.show_filter = len(filters[(e.task, e.metric)]) > 1
+    return estimates, all_groups
 
 
-def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo],
-                           statistics: dict[tuple, significance.Statistic], resamples: int | None, seed: int,
-                           notes: list[str]) -> list[Comparison]:
+def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo], groups: list[MetricGroup],
+                           resamples: int | None, seed: int, notes: list[str]) -> list[Comparison]:
     comparisons = []
     pairs = [(name, info.baseline) for name, info in infos.items() if info.baseline]
     for name, baseline in tqdm(pairs, desc="paired tests", unit="model", disable=None):
-        for (task, metric, filter_name), statistic in statistics.items():
-            mine = doc_values(runs[name], task, metric, filter_name)
-            theirs = doc_values(runs[baseline], task, metric, filter_name)
+        for group in groups:
+            mine = doc_values(runs[name], group.task, group.source, group.filter)
+            theirs = doc_values(runs[baseline], group.task, group.source, group.filter)
             if mine is None or theirs is None:
                 continue
             shared = sorted(set(mine) & set(theirs))
             if len(shared) < len(mine) or len(shared) < len(theirs):
-                notes.append(f"{name} vs {baseline} on {task}: {len(shared)} shared documents of {len(mine)} and "
-                             f"{len(theirs)}; the test uses the shared ones")
+                notes.append(f"{name} vs {baseline} on {group.task}: {len(shared)} shared documents of {len(mine)} "
+                             f"and {len(theirs)}; the tests use the shared ones")
             if len(shared) < 2:
                 continue
-            result = significance.paired_comparison([mine[k] for k in shared], [theirs[k] for k in shared],
-                                                    statistic, resamples, seed=seed)
-            comparisons.append(Comparison(name, baseline, task, metric, filter_name, result.value, result.baseline,
-                                          result.diff, result.low, result.high, result.p_value, result.n))
+            results = significance.paired_comparisons([mine[k] for k in shared], [theirs[k] for k in shared],
+                                                      group.statistic, resamples, seed=seed)
+            for metric, result in zip(group.metrics, results):
+                if math.isnan(result.p_value):
+                    continue
+                comparisons.append(Comparison(name, baseline, group.task, metric, group.filter, result.value,
+                                              result.baseline, result.diff, result.low, result.high, result.p_value,
+                                              result.n))
     return comparisons
 
 
@@ -529,14 +672,15 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
     runs = {run.name: run for run in find_model_runs(results_dirs)}
     infos = {name: describe_model(run) for name, run in runs.items()}
     resolve_baselines(infos, runs, dict(compare or {}), notes)
-    estimates, statistics = estimate_metrics(runs, resamples, seed, notes)
-    comparisons = compare_with_baselines(runs, infos, statistics, resamples, seed, notes)
+    estimates, groups = estimate_metrics(runs, resamples, seed, notes)
+    comparisons = compare_with_baselines(runs, infos, groups, resamples, seed, notes)
     apply_correction(comparisons, correction, alpha)
     correlations = size_correlations(infos, estimates)
     apply_correction(correlations, correction, alpha)
     choose_perplexity(infos, estimates, notes)
     matched = perplexity_matched(infos, estimates, notes)
-    order = sorted(infos.values(), key=lambda i: (METHOD_ORDER.get(i.method, 9), -(i.parameters or 0), i.name))
+    order = sorted(infos.values(), key=lambda i: (METHOD_ORDER.get(i.method, 9), -(i.parameters or 0),
+                                                  i.prune_subset or 0, i.name))
     effective_resamples = resamples or significance.DEFAULT_RESAMPLES
     if comparisons and correction == "holm":
         floor = significance.smallest_p(effective_resamples)
@@ -630,10 +774,15 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
     by_task = defaultdict(list)
     for e in report.estimates:
         by_task[e.task].append(e)
-    lines += ["", "## Metrics (value [95% interval])", ""]
+    lines += ["", "## Metrics (value [95% interval])", "",
+              f"The main metrics of each task; all {len({e.column for e in report.estimates})} metrics (per-domain "
+              "StereoSet scores, rates, ...) with their intervals are in summary.csv.", ""]
     for task in sorted(by_task, key=lambda t: (any(e.is_group for e in by_task[t]), t)):
-        columns = sorted({(e.metric, e.filter) for e in by_task[task]})
+        present = {(e.metric, e.filter) for e in by_task[task]}
+        key = {(m, f) for m, f in present if m in KEY_METRICS}
+        columns = sorted(key or present, key=lambda mf: (KEY_METRICS.index(mf[0]) if mf[0] in KEY_METRICS else 99, mf))
         table = {(e.model, e.metric, e.filter): e for e in by_task[task]}
+        shown = {(e.metric, e.filter): e.name for e in by_task[task]}
         lines += [f"### {task}" + (" (group)" if by_task[task][0].is_group else ""), ""]
         rows = []
         for info in report.models:
@@ -644,7 +793,7 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
                 e = table.get((info.name, *key))
                 cells.append("–" if e is None else f"{_fmt(e.value)} [{_fmt(e.low)}, {_fmt(e.high)}]")
             rows.append([info.name] + cells)
-        lines += _md_table(["model"] + [m if f in ("none", "") else f"{m} [{f}]" for m, f in columns], rows) + [""]
+        lines += _md_table(["model"] + [shown[key] for key in columns], rows) + [""]
 
     if report.correlations:
         lines += ["## Rank correlation with size (Spearman, parameters)", ""]

@@ -18,7 +18,8 @@ same prompts or sentence pairs are compared document by document:
 An aggregation works on values of shape (n_docs, k) and is vectorised over a leading resample axis,
 so a bootstrap of a mean over 4,000 prompts is one array operation per block of resamples. A record
 aggregation (a Python function of a list of per-document records, such as StereoSet's per-target
-scores) is called once per resample instead, with fewer resamples.
+scores) is called once per resample instead, with fewer resamples; it may return several metrics at
+once, so metrics computed from the same records share each call.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Aggregation:
     fn: Callable[[np.ndarray], np.ndarray]
     width: int = 1  # k: numbers per document (2 for (loglikelihood, weight) perplexity pairs)
     linear: bool = False  # fn(a) - fn(b) == fn(a - b): paired work runs on the differences alone
+    outputs: tuple[str, ...] | None = None  # names, when fn returns several metrics (shape [..., m])
+    encode: Callable[[Sequence], np.ndarray] | None = None  # per-document records -> (n_docs, width)
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         return self.fn(values)
@@ -58,10 +61,15 @@ BITS_PER_BYTE = Aggregation("bits_per_byte", lambda v: -v[..., 0].sum(-1) / v[..
 
 @dataclass(frozen=True)
 class RecordAggregation:
-    """A metric computed by Python from a list of per-document records (dicts)."""
+    """Metrics computed by Python from a list of per-document records (dicts).
+
+    `fn(records)` returns one number per name in `outputs`, so metrics that come from the same
+    records (StereoSet's ss, lms and icat, overall and per domain) share every resample's call.
+    """
 
     name: str
-    fn: Callable[[list], float]
+    fn: Callable[[list], Sequence[float]]
+    outputs: tuple[str, ...] = ("value",)
 
 
 Statistic = Aggregation | RecordAggregation
@@ -97,38 +105,56 @@ def as_array(values: Sequence, width: int) -> np.ndarray:
     return array
 
 
-def _bootstrap_draws(statistic: Statistic, samples: Sequence, rng: np.random.Generator, resamples: int) -> list:
-    """The statistic on `resamples` bootstrap resamples of the documents, for each of `samples`.
-
-    Every sample (one model's values, or the model's and the baseline's) is resampled with the same
-    document indices, drawn block by block so that memory stays at _BLOCK x n_docs.
-    """
-    n = len(samples[0])
-    draws = [np.empty(resamples, dtype=float) for _ in samples]
-    for start in range(0, resamples, _BLOCK):
-        index = rng.integers(0, n, size=(min(_BLOCK, resamples - start), n))
-        for values, out in zip(samples, draws):
-            if isinstance(statistic, Aggregation):
-                out[start:start + len(index)] = statistic(values[index])
-            else:
-                out[start:start + len(index)] = [statistic.fn([values[j] for j in row]) for row in index]
-    return draws
+def outputs(statistic: Statistic) -> tuple[str, ...]:
+    return statistic.outputs or (statistic.name,)
 
 
 def prepare_values(statistic: Statistic, values):
-    return as_array(values, statistic.width) if isinstance(statistic, Aggregation) else list(values)
+    if isinstance(statistic, RecordAggregation):
+        return list(values)
+    if statistic.encode is not None:
+        return as_array(statistic.encode(list(values)), statistic.width)
+    return as_array(values, statistic.width)
+
+
+def _on_rows(statistic: Statistic, values, rows: np.ndarray) -> np.ndarray:
+    """The statistic on each row of document indices: shape (rows, outputs)."""
+    if isinstance(statistic, Aggregation):
+        return np.asarray(statistic(values[rows]), dtype=float).reshape(len(rows), -1)
+    return np.array([statistic.fn([values[j] for j in row]) for row in rows], dtype=float).reshape(len(rows), -1)
+
+
+def evaluate_all(statistic: Statistic, values) -> np.ndarray:
+    """The statistic on prepared values: one number per output."""
+    if isinstance(statistic, Aggregation):
+        return np.asarray(statistic(values), dtype=float).reshape(-1)
+    return np.asarray(statistic.fn(values), dtype=float).reshape(-1)
 
 
 def evaluate_statistic(statistic: Statistic, values) -> float:
-    if isinstance(statistic, Aggregation):
-        return float(statistic(values))
-    return float(statistic.fn(values))
+    return float(evaluate_all(statistic, values)[0])
 
 
 def _resamples(statistic: Statistic, resamples: int | None) -> int:
     if resamples is not None:
         return resamples
     return DEFAULT_RESAMPLES if isinstance(statistic, Aggregation) else RECORD_RESAMPLES
+
+
+def _bootstrap_draws(statistic: Statistic, samples: Sequence, rng: np.random.Generator, resamples: int) -> list:
+    """The statistic on `resamples` bootstrap resamples of the documents, for each of `samples`.
+
+    Every sample (one model's values, or the model's and the baseline's) is resampled with the same
+    document indices, drawn block by block so that memory stays at _BLOCK x n_docs. Shape of each
+    result: (resamples, outputs).
+    """
+    n = len(samples[0])
+    draws = [np.empty((resamples, len(outputs(statistic))), dtype=float) for _ in samples]
+    for start in range(0, resamples, _BLOCK):
+        rows = rng.integers(0, n, size=(min(_BLOCK, resamples - start), n))
+        for values, out in zip(samples, draws):
+            out[start:start + len(rows)] = _on_rows(statistic, values, rows)
+    return draws
 
 
 def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
@@ -140,22 +166,27 @@ def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def bootstrap_intervals(values: Sequence, statistic: Statistic = MEAN, resamples: int | None = None,
+                        level: float = 0.95, seed: int = 0) -> list[Interval]:
+    """Percentile bootstrap intervals over documents of one model's metrics (one per output)."""
+    values = prepare_values(statistic, values)
+    n = len(values)
+    observed = evaluate_all(statistic, values)
+    if n < 2:
+        return [Interval(float(v), math.nan, math.nan, n) for v in observed]
+    (draws,) = _bootstrap_draws(statistic, [values], np.random.default_rng(seed), _resamples(statistic, resamples))
+    return [Interval(float(v), *_percentiles(draws[:, k], level), n) for k, v in enumerate(observed)]
+
+
 def bootstrap_interval(values: Sequence, statistic: Statistic = MEAN, resamples: int | None = None,
                        level: float = 0.95, seed: int = 0) -> Interval:
     """Percentile bootstrap interval over documents of one model's metric."""
-    values = prepare_values(statistic, values)
-    n = len(values)
-    value = evaluate_statistic(statistic, values)
-    if n < 2:
-        return Interval(value, math.nan, math.nan, n)
-    (draws,) = _bootstrap_draws(statistic, [values], np.random.default_rng(seed), _resamples(statistic, resamples))
-    low, high = _percentiles(draws, level)
-    return Interval(value, low, high, n)
+    return bootstrap_intervals(values, statistic, resamples, level, seed)[0]
 
 
-def paired_comparison(model_values: Sequence, baseline_values: Sequence, statistic: Statistic = MEAN,
-                      resamples: int | None = None, level: float = 0.95, seed: int = 0) -> PairedComparison:
-    """Model minus baseline on matched documents (same order in both sequences).
+def paired_comparisons(model_values: Sequence, baseline_values: Sequence, statistic: Statistic = MEAN,
+                       resamples: int | None = None, level: float = 0.95, seed: int = 0) -> list[PairedComparison]:
+    """Model minus baseline on matched documents (same order in both sequences), one per output.
 
     The interval resamples documents (both models with the same indices); the p-value comes from
     swapping each document's pair of values at random, which is the null hypothesis that the two
@@ -165,11 +196,12 @@ def paired_comparison(model_values: Sequence, baseline_values: Sequence, statist
     if len(a) != len(b):
         raise ValueError(f"paired values need the same documents: {len(a)} vs {len(b)}")
     n = len(a)
-    value, baseline = evaluate_statistic(statistic, a), evaluate_statistic(statistic, b)
+    value, baseline = evaluate_all(statistic, a), evaluate_all(statistic, b)
     diff = value - baseline
     resamples = _resamples(statistic, resamples)
     if n == 0:
-        return PairedComparison(value, baseline, diff, math.nan, math.nan, math.nan, 0, resamples)
+        return [PairedComparison(float(v), float(w), float(d), math.nan, math.nan, math.nan, 0, resamples)
+                for v, w, d in zip(value, baseline, diff)]
     rng = np.random.default_rng(seed)
 
     linear = isinstance(statistic, Aggregation) and statistic.linear
@@ -178,33 +210,43 @@ def paired_comparison(model_values: Sequence, baseline_values: Sequence, statist
     else:
         boot_a, boot_b = _bootstrap_draws(statistic, [a, b], rng, resamples)
         boot = boot_a - boot_b
-    low, high = _percentiles(boot, level)
 
-    swapped = np.empty(resamples, dtype=float)
+    swapped = np.empty((resamples, len(diff)), dtype=float)
     for start in range(0, resamples, _BLOCK):
         swap = rng.random((min(_BLOCK, resamples - start), n)) < 0.5
         if linear:  # swapping a document's pair flips the sign of its difference
-            swapped[start:start + len(swap)] = statistic(np.where(swap[..., None], b - a, a - b))
+            swapped[start:start + len(swap), 0] = statistic(np.where(swap[..., None], b - a, a - b))
         else:
             swapped[start:start + len(swap)] = _swapped_differences(statistic, a, b, swap)
-    # Ties (e.g. identical models, every swap gives 0) count as at least as extreme; a small tolerance
-    # keeps float noise in sums from breaking them.
-    tolerance = 1e-9 * max(1.0, abs(diff))
-    extreme = np.count_nonzero(np.abs(swapped) >= abs(diff) - tolerance)
-    p_value = float((1 + extreme) / (1 + resamples))
-    return PairedComparison(value, baseline, diff, low, high, p_value, n, resamples)
+    results = []
+    for k in range(len(diff)):
+        # Ties (e.g. identical models, every swap gives 0) count as at least as extreme; a small
+        # tolerance keeps float noise in sums from breaking them.
+        tolerance = 1e-9 * max(1.0, abs(diff[k]))
+        extreme = np.count_nonzero(np.abs(swapped[:, k]) >= abs(diff[k]) - tolerance)
+        p_value = float((1 + extreme) / (1 + resamples)) if np.isfinite(diff[k]) else math.nan
+        results.append(PairedComparison(float(value[k]), float(baseline[k]), float(diff[k]),
+                                        *_percentiles(boot[:, k], level), p_value, n, resamples))
+    return results
+
+
+def paired_comparison(model_values: Sequence, baseline_values: Sequence, statistic: Statistic = MEAN,
+                      resamples: int | None = None, level: float = 0.95, seed: int = 0) -> PairedComparison:
+    """Model minus baseline on matched documents; see `paired_comparisons`."""
+    return paired_comparisons(model_values, baseline_values, statistic, resamples, level, seed)[0]
 
 
 def _swapped_differences(statistic: Statistic, a, b, swap: np.ndarray) -> np.ndarray:
+    """statistic(swapped a) - statistic(swapped b) per row of the swap mask: shape (rows, outputs)."""
     if isinstance(statistic, Aggregation):
         mask = swap[..., None]
-        return statistic(np.where(mask, b, a)) - statistic(np.where(mask, a, b))
+        return (statistic(np.where(mask, b, a)) - statistic(np.where(mask, a, b))).reshape(len(swap), -1)
     out = []
     for row in swap:
         first = [b[j] if s else a[j] for j, s in enumerate(row)]
         second = [a[j] if s else b[j] for j, s in enumerate(row)]
-        out.append(statistic.fn(first) - statistic.fn(second))
-    return np.array(out, dtype=float)
+        out.append(np.asarray(statistic.fn(first), dtype=float) - np.asarray(statistic.fn(second), dtype=float))
+    return np.array(out, dtype=float).reshape(len(swap), -1)
 
 
 def smallest_p(resamples: int) -> float:

@@ -200,3 +200,30 @@ def test_bad_input_gives_one_line_errors(tmp_path, problem, message):
     with pytest.raises(SystemExit) as exit_info:
         rep.main([str(target), "--out", str(tmp_path / "out")] + extra)
     assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
+
+
+def test_vectorised_stereoset_aggregation_equals_the_reference_function():
+    """The report's vectorised StereoSet statistic gives exactly what compress.bias_metrics computes, on the
+    data and on every resample (same resamples through both)."""
+    bias_metrics = pytest.importorskip("compress.bias_metrics")
+    from compress import significance
+
+    rng = random.Random(1)
+    items = [bias_metrics.stereoset_item(f"target{rng.randint(0, 9)}", rng.choice(bias_metrics.DOMAINS),
+                                         {label: rng.random() for label in bias_metrics.LABELS}) for _ in range(80)]
+    metrics = ["ss", "lms", "icat", "ss_gender", "lms_race", "icat_religion", "ss_profession"]
+    fast, reference = rep.stereoset_aggregation(metrics), rep.stereoset_statistic(metrics)
+    assert fast.outputs == reference.outputs == tuple(metrics)
+    prepared = significance.prepare_values(fast, items)
+    assert significance.evaluate_all(fast, prepared) == pytest.approx(significance.evaluate_all(reference, items))
+    overall = bias_metrics.stereoset_scores(items)
+    assert significance.evaluate_all(fast, prepared)[:3] == pytest.approx([overall["ss"], overall["lms"],
+                                                                           overall["icat"]])
+    fast_intervals = significance.bootstrap_intervals(items, fast, resamples=300)
+    reference_intervals = significance.bootstrap_intervals(items, reference, resamples=300)
+    for a, b in zip(fast_intervals, reference_intervals):
+        assert (a.value, a.low, a.high) == pytest.approx((b.value, b.low, b.high), nan_ok=True)
+    other = list(reversed(items))
+    for a, b in zip(significance.paired_comparisons(items, other, fast, resamples=200),
+                    significance.paired_comparisons(items, other, reference, resamples=200)):
+        assert (a.diff, a.low, a.high, a.p_value) == pytest.approx((b.diff, b.low, b.high, b.p_value), nan_ok=True)

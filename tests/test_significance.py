@@ -69,7 +69,7 @@ def test_perplexity_aggregation_is_lm_evals_weighted_perplexity():
 def test_record_statistics_follow_the_same_resamples_as_vectorised_ones(baseline):
     records_a = [{"x": v} for v in baseline + 0.05]
     records_b = [{"x": v} for v in baseline[::-1]]
-    by_record = sig.RecordAggregation("mean x", lambda recs: sum(r["x"] for r in recs) / len(recs))
+    by_record = sig.RecordAggregation("mean x", lambda recs: [sum(r["x"] for r in recs) / len(recs)])
     slow = sig.paired_comparison(records_a, records_b, by_record, resamples=300)
     fast = sig.paired_comparison(baseline + 0.05, baseline[::-1], sig.MEAN, resamples=300)
     assert slow.diff == pytest.approx(fast.diff)
@@ -107,3 +107,21 @@ def test_paired_values_must_cover_the_same_documents():
         sig.paired_comparison([1.0, 2.0], [1.0], sig.MEAN)
     with pytest.raises(ValueError, match="2 number"):
         sig.bootstrap_interval([1.0, 2.0], sig.PERPLEXITY)
+
+
+def test_multi_output_record_statistics_share_one_call_per_resample(baseline):
+    records = [{"x": v} for v in baseline]
+    calls = []
+
+    def mean_and_max(recs):
+        calls.append(1)
+        xs = [r["x"] for r in recs]
+        return [sum(xs) / len(xs), max(xs)]
+
+    both = sig.RecordAggregation("x", mean_and_max, ("mean", "max"))
+    mean_interval, max_interval = sig.bootstrap_intervals(records, both, resamples=200)
+    assert len(calls) == 1 + 200
+    expected = sig.bootstrap_interval(baseline, sig.MEAN, resamples=200)
+    assert (mean_interval.value, mean_interval.low, mean_interval.high) == pytest.approx(
+        (expected.value, expected.low, expected.high))
+    assert max_interval.value == pytest.approx(baseline.max()) and max_interval.high <= baseline.max()
