@@ -49,8 +49,20 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# The study (compress/study.py): stages teacher, prompts, distill, prune, evaluate, report; each skips work
+# already done, so an interrupted run resumes. MODELS=A,gpt2 and STAGES=distill,evaluate narrow it;
+# STUDY_ARGS passes anything else (python -m compress.study --help).
+MODELS ?=
+STAGES ?=
+STUDY_ARGS ?=
+DEMO_RUNS ?= runs/demo
+STUDY_NARROW = $(if $(MODELS),--models $(MODELS)) $(if $(STAGES),--stages $(STAGES))
+
+# Offline, on a tiny embedded default: a tiny teacher trained on the spot, six students, two pruned models,
+# every toxicity and bias task on bundled samples, scored by a tiny Detoxify-format classifier.
 demo: install
-	@echo "demo: not wired up yet; it will build a tiny teacher, distill and prune it, evaluate toxicity and bias offline, and write a report"
+	$(OFFLINE) $(PY) -m compress.study demo --runs $(DEMO_RUNS) $(STUDY_NARROW) $(STUDY_ARGS)
+	@echo "demo report: $(DEMO_RUNS)/report/summary.md"
 
 # Toxicity prompts into $(DATA_DIR): RTP from RTP_SOURCE (hub name or a local prompts.jsonl) and the three TCCC
 # sets from TCCC_SOURCE (Kaggle's train.csv). Offline, pass TOKENIZER=/path/to/gpt2_tokenizer.
@@ -85,6 +97,27 @@ prune: install
 
 prune-all: install
 	@for subset in $(PRUNE_SUBSETS); do $(MAKE) --no-print-directory prune SUBSET=$$subset || exit 1; done
+
+# The paper's study on real models (hub access and a GPU): GPT-2, DistilGPT2, the six students, the five pruned
+# models, DialoGPT small/medium/large, BlenderBot 400M-distill and 3B; then the report in $(REPORT_DIR).
+reproduce: install
+	$(PY) -m compress.study reproduce --runs $(RUNS) --data-dir $(DATA_DIR) --rtp-source $(RTP_SOURCE) \
+		$(if $(TCCC_SOURCE),--tccc-train $(TCCC_SOURCE)) --accelerate-config $(ACCELERATE_CONFIG) \
+		$(STUDY_NARROW) $(STUDY_ARGS)
+
+# The report on every lm-eval output directory under $(RESULTS) (one per model).
+report: install
+	$(BIN)/compfair-report $(RESULTS)/* --out $(REPORT_DIR) $(ARGS)
+
+# Every bench/*.py prints one JSON line; they are collected in $(BENCH_OUT).
+BENCH_OUT ?= $(RUNS)/bench.jsonl
+bench: install
+	@mkdir -p $(dir $(BENCH_OUT)); : > $(BENCH_OUT).tmp
+	@set -o pipefail; for script in bench/*.py; do \
+		echo "bench: $$script" >&2; \
+		$(PY) $$script | tail -n 1 | $(PY) -c 'import json, sys; line = sys.stdin.read(); json.loads(line); print(line.strip())' \
+			>> $(BENCH_OUT).tmp || { echo "bench: $$script failed or printed no JSON line" >&2; exit 1; }; \
+	done; mv $(BENCH_OUT).tmp $(BENCH_OUT); echo "wrote $(BENCH_OUT)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,531 @@
+"""The study end to end, as stages that each skip work already done.
+
+    python -m compress.study reproduce [--runs runs] [--models A,gpt2] [--stages distill,evaluate] ...
+    python -m compress.study demo      [--runs runs/demo] ...
+
+Stages, in order (`--stages` picks some; each can run alone once its inputs exist):
+
+    teacher   demo: build a tiny GPT-2 teacher and train it briefly on the embedded corpus, and build the
+              tiny Detoxify-format scorer; reproduce: nothing (GPT-2 and Detoxify come from the hub)
+    prompts   curate the toxicity prompt sets with `compfair-prompts` into the data dir (the demo also
+              puts its bundled StereoSet and WinoBias samples there)
+    distill   `compress/distill.py` for each student (A, B, Bnot, C, D, Dnot)
+    prune     `compress/prune.py` for each pruning data size
+    evaluate  `lm_eval` on every model: the toxicity and bias tasks and a perplexity task, with
+              --log_samples, into RUNS/eval/<model>
+    report    `compfair-report` over every evaluated model into RUNS/report
+
+A stage's unit of work is done when its output is complete: the data dir's manifest and prompt files,
+`distillation.json` / `pruning.json` (written last by the trainers), an evaluation marker written after
+lm-eval exits successfully. Those units are skipped, so an interrupted run picks up where it stopped.
+`--models` narrows the work to some models (the report still covers every evaluated model).
+
+`reproduce` is the paper's study on real models (hub access, a GPU); `demo` is the same pipeline
+offline on a tiny embedded default that finishes in minutes on a CPU. Neither has a model or a number
+built in that the other lacks: the demo only swaps the teacher, the data and the step counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("teacher", "prompts", "distill", "prune", "evaluate", "report")
+STUDENTS = ("A", "B", "Bnot", "C", "D", "Dnot")
+PRUNE_SUBSETS = (256, 1280, 2560, 5120, 12800)
+PROMPT_FILES = ("rtp.jsonl", "tox4k.jsonl", "random4k.jsonl", "safe4k.jsonl", "manifest.json")
+EVAL_MARKER = "compfair_eval_{batch}.json"
+# The demo's models are so small that a second CPU thread buys nothing, and on a busy machine torch's
+# spinning worker threads make each step several times slower; the demo runs everything on one thread.
+DEMO_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclass
+class Step:
+    """One unit of work: a module's command line, run in its own process or, in the demo, in this one."""
+
+    module: str  # compress.distill, compress.prune, compress.prompts, compress.report or lm_eval
+    argv: list[str]
+    launcher: list[str] = field(default_factory=lambda: [sys.executable])
+    script: bool = False  # launched as a file (compress/distill.py), as `accelerate launch` wants
+
+    def command(self) -> list[str]:
+        target = [self.module.replace(".", "/") + ".py"] if self.script else ["-m", self.module]
+        return [*self.launcher, *target, *self.argv]
+
+
+@dataclass
+class Model:
+    """One model of the study: where it comes from, how it is built, how lm-eval loads it."""
+
+    name: str
+    kind: str  # teacher | student | pruned | baseline
+    pretrained: str  # hub name or local folder
+    backend: str = "causal"  # causal | seq2seq
+    build: Step | None = None  # the trainer run that writes `pretrained`
+    done_file: str | None = None  # written last by the trainer: its presence means the build is complete
+    compare_with: str | None = None  # the baseline of a model that no trainer record names
+
+
+@dataclass
+class EvalBatch:
+    """One lm-eval run per model: tasks and the environment they read."""
+
+    label: str
+    tasks: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    causal_only: bool = False  # e.g. rolling perplexity, which seq2seq backends do not support
+
+
+@dataclass
+class Plan:
+    name: str
+    runs: Path
+    data_dir: Path
+    models: list[Model]
+    eval_batches: list[EvalBatch]
+    lm_eval_launcher: list[str]  # what runs `-m lm_eval`: python, or accelerate launch for data parallel
+    lm_eval_args: list[str]
+    model_args: str  # extra model_args for every model, e.g. dtype=float32
+    prompt_steps: list[Step]
+    env: dict[str, str] = field(default_factory=dict)
+    in_process: bool = False  # run every step in this process (saves each step's start-up on a small CPU)
+
+    @property
+    def eval_root(self) -> Path:
+        return self.runs / "eval"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.runs / "report"
+
+
+def log(message: str) -> None:
+    print(f"[compfair study] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _call_in_process(step: Step) -> int:
+    """The step's `main(argv)` here; lm-eval's CLI reads sys.argv, so it gets one."""
+    try:
+        if step.module == "lm_eval":
+            from lm_eval.__main__ import cli_evaluate
+
+            saved, sys.argv = sys.argv, ["lm_eval", *step.argv]
+            try:
+                cli_evaluate()
+            finally:
+                sys.argv = saved
+        else:
+            importlib.import_module(step.module).main(step.argv)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            print(stop.code if isinstance(stop.code, str) else f"exit {stop.code}", file=sys.stderr)
+            return stop.code if isinstance(stop.code, int) else 1
+    return 0
+
+
+def run_step(step: Step, what: str, env: dict[str, str], in_process: bool = False) -> None:
+    """Run one unit of work; a failure ends the study with one line naming it."""
+    log(f"{what}: {shlex.join(step.command())}")
+    started = time.monotonic()
+    if in_process:
+        with _environment(env):
+            code = _call_in_process(step)
+    else:
+        code = subprocess.run(step.command(), env={**os.environ, **env}, cwd=REPO).returncode
+    if code != 0:
+        raise SystemExit(f"error: {what} failed (exit {code}); the output above says why. "
+                         "Completed work is kept: run the same command again to resume.")
+    log(f"{what}: done in {time.monotonic() - started:.0f}s")
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+def _launcher(accelerate_config: str | None) -> list[str]:
+    if accelerate_config is None:  # one process: no accelerate start-up cost
+        return [sys.executable]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config]
+
+
+def reproduce_plan(args: argparse.Namespace) -> Plan:
+    runs = Path(args.runs)
+    data_dir = Path(args.data_dir) if args.data_dir else runs / "prompts"
+    launch = _launcher(args.accelerate_config)
+    models = [Model("gpt2", "teacher", "gpt2"), Model("distilgpt2", "baseline", "distilgpt2", compare_with="gpt2")]
+    for student in STUDENTS:
+        out = runs / "students" / student
+        models.append(Model(student, "student", str(out), done_file="distillation.json", build=Step(
+            "compress.distill", [f"trainer_configs/distill/{student}.yaml", "--output_dir", str(out)], launch,
+            script=True)))
+    for subset in PRUNE_SUBSETS:
+        out = runs / "pruned" / f"wikitext_{subset}"
+        models.append(Model(f"wikitext_{subset}", "pruned", str(out), done_file="pruning.json", build=Step(
+            "compress.prune", [f"trainer_configs/prune/wikitext_{subset}.yaml", "--output_dir", str(out)], launch,
+            script=True)))
+    # The paper's ablations: DialoGPT at three sizes, BlenderBot distilled from 3B into 400M.
+    for size in ("small", "medium"):
+        models.append(Model(f"DialoGPT-{size}", "baseline", f"microsoft/DialoGPT-{size}",
+                            compare_with="DialoGPT-large"))
+    models.append(Model("DialoGPT-large", "baseline", "microsoft/DialoGPT-large"))
+    models.append(Model("blenderbot-400M-distill", "baseline", "facebook/blenderbot-400M-distill", "seq2seq",
+                        compare_with="blenderbot-3B"))
+    models.append(Model("blenderbot-3B", "baseline", "facebook/blenderbot-3B", "seq2seq"))
+
+    prompts = [Step("compress.prompts", ["rtp", "--source", args.rtp_source, "--out", str(data_dir)])]
+    if args.tccc_train:
+        prompts.append(Step("compress.prompts", ["tccc", "--source", args.tccc_train, "--out", str(data_dir)]))
+    data_env = {"COMPFAIR_DATA_DIR": str(data_dir.resolve())}
+    # StereoSet and WinoBias come from the hub unless the data dir holds the official files.
+    has_bias_files = (data_dir / "stereoset" / "dev.json").is_file() and (data_dir / "winobias").is_dir()
+    batches = [EvalBatch("toxicity", ["compfair_toxicity"], data_env),
+               EvalBatch("bias", ["compfair_bias"], data_env if has_bias_files else {}),
+               EvalBatch("perplexity", ["wikitext"], causal_only=True)]
+    return Plan("reproduce", runs, data_dir, models, batches, shlex.split(args.lm_eval_launcher),
+                ["--device", args.device, "--batch_size", args.batch_size], args.model_args, prompts,
+                env={"COMPFAIR_SCORER": args.scorer} if args.scorer else {})
+
+
+def demo_plan(args: argparse.Namespace) -> Plan:
+    runs = Path(args.runs).resolve()
+    data_dir = runs / "data"
+    teacher = runs / "teacher"
+    scorer = runs / "scorer" / "tiny-detoxify.ckpt"
+    corpus = data_dir / "corpus.txt"
+    cpu = ["--use_cpu", "true", "--bf16", "false", "--preprocessing_num_workers", "1",
+           "--dataloader_num_workers", "0", "--report_to", "none", "--disable_tqdm", "true"]
+    models = [Model("teacher", "teacher", str(teacher), done_file="teacher.json")]
+    for student in STUDENTS:
+        out = runs / "students" / student
+        models.append(Model(student, "student", str(out), done_file="distillation.json", build=Step(
+            "compress.distill", [
+                f"trainer_configs/distill/{student}.yaml", "--teacher_name_or_path", str(teacher),
+                "--train_file", str(corpus), "--dataset_fraction", "1", "--validation_split_percentage", "10",
+                "--block_size", str(args.block_size), "--max_steps", str(args.distill_steps),
+                "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
+                "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no",
+                "--load_best_model_at_end", "false", "--logging_steps", str(max(1, args.distill_steps // 4)),
+                "--output_dir", str(out), *cpu], script=True)))
+    for subset in args.prune_samples:
+        out = runs / "pruned" / f"pruned_{subset}"
+        models.append(Model(f"pruned_{subset}", "pruned", str(out), done_file="pruning.json", build=Step(
+            "compress.prune", [
+                "trainer_configs/prune/wikitext_256.yaml", "--model_name_or_path", str(teacher),
+                "--train_file", str(corpus), "--validation_split_percentage", "10", "--block_size",
+                str(args.block_size), "--num_samples", str(subset), "--per_device_eval_batch_size", "16",
+                "--output_dir", str(out), *cpu], script=True)))
+    source = resources.files("compress") / "demo_data"
+    prompts = [
+        Step("compress.prompts", ["rtp", "--source", str(source / "rtp_prompts.jsonl"), "--out", str(data_dir),
+                                  "--n", str(args.rtp_prompts), "--tokenizer", str(teacher)]),
+        Step("compress.prompts", ["tccc", "--source", str(source / "tccc_train.csv"), "--out", str(data_dir),
+                                  "--n", str(args.tccc_prompts), "--tokenizer", str(teacher),
+                                  "--scorer", f"detoxify:{scorer}", "--safe-threshold", "0.05"]),
+    ]
+    perplexity_task = runs / "tasks" / "compfair_demo_perplexity.yaml"
+    batches = [EvalBatch("all", ["compfair_toxicity", "compfair_bias", str(perplexity_task)],
+                         {"COMPFAIR_DATA_DIR": str(data_dir)})]
+    return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
+                "dtype=float32", prompts, in_process=not args.subprocess,
+                env={"COMPFAIR_SCORER": f"detoxify:{scorer}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **DEMO_THREADS})
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    if plan.name != "demo":
+        log("teacher: gpt2 and the Detoxify scorer come from the hub; nothing to build")
+        return
+    from compress import tiny_models
+
+    scorer = plan.runs / "scorer" / "tiny-detoxify.ckpt"
+    if not scorer.is_file():  # the checkpoint is written after its config and tokenizer
+        log("teacher: building the tiny Detoxify-format scorer")
+        # Built in place: the checkpoint names its own folder as the model type, so it cannot move.
+        tiny_models.build_tiny_detoxify(scorer.parent.resolve())
+    _write_demo_data(plan)
+    teacher = next(m for m in plan.models if m.kind == "teacher")
+    if (Path(teacher.pretrained) / "teacher.json").is_file():
+        log(f"teacher: {teacher.pretrained} is complete; skipped")
+        return
+    log(f"teacher: training a tiny 12-block GPT-2 for {args.teacher_steps} steps")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see DEMO_THREADS
+    try:
+        train_demo_teacher(Path(teacher.pretrained), plan.data_dir / "corpus.txt", args.teacher_steps,
+                           args.block_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_demo_data(plan: Plan) -> None:
+    """The bundled samples, in the layout the tasks read, and the demo's training text and perplexity task."""
+    from compress import tiny_models
+
+    source = resources.files("compress") / "demo_data"
+    data = plan.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    for sub in ("stereoset", "winobias"):
+        (data / sub).mkdir(exist_ok=True)
+        for item in (source / sub).iterdir():
+            if item.is_file():
+                (data / sub / item.name).write_bytes(item.read_bytes())
+    corpus = tiny_models.CORPUS + (source / "corpus.txt").read_text(encoding="utf-8")
+    (data / "corpus.txt").write_text(corpus, encoding="utf-8")
+    (data / "heldout.txt").write_text((source / "heldout.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    task = plan.runs / "tasks" / "compfair_demo_perplexity.yaml"
+    task.parent.mkdir(parents=True, exist_ok=True)
+    # lm-eval's rolling log-likelihood gives word and byte perplexity on the demo's held-out text,
+    # the same measurement as its `wikitext` task in `make reproduce`.
+    task.write_text(
+        "task: compfair_demo_perplexity\n"
+        "dataset_path: text\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str((data / 'heldout.txt').resolve()))}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+        "metadata:\n  version: 1.0\n", encoding="utf-8")
+
+
+def train_demo_teacher(out: Path, corpus: Path, steps: int, block_size: int, seed: int = 0) -> dict:
+    """A tiny 12-block, 12-head GPT-2 (the paper's 144 heads) trained briefly, so it is a real teacher."""
+    import math
+
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from compress import tiny_models
+    from compress.lm_data import DataArguments, build_lm_datasets
+
+    building = out.with_name(out.name + ".tmp")
+    if building.exists():
+        shutil.rmtree(building)
+    model, tokenizer = tiny_models.build_tiny_gpt2(building, n_layer=12, n_head=12, n_embd=48, seed=seed)
+    data = build_lm_datasets(DataArguments(train_file=str(corpus), block_size=block_size,
+                                           validation_split_percentage=10), tokenizer, seed=seed)
+    training = TrainingArguments(output_dir=str(building / "checkpoints"), max_steps=steps, learning_rate=3e-3,
+                                 per_device_train_batch_size=16, per_device_eval_batch_size=16, warmup_steps=0,
+                                 lr_scheduler_type="cosine", logging_steps=max(1, steps // 5), save_strategy="no",
+                                 eval_strategy="no", report_to=[], use_cpu=True, seed=seed, disable_tqdm=True)
+    trainer = Trainer(model=model, args=training, train_dataset=data["train"], eval_dataset=data["validation"],
+                      data_collator=default_data_collator)
+    result = trainer.train()
+    metrics = trainer.evaluate()
+    trainer.save_model(str(building))
+    tokenizer.save_pretrained(building)
+    shutil.rmtree(building / "checkpoints", ignore_errors=True)
+    record = {"model": "tiny GPT-2 (compress.tiny_models)", "n_layer": 12, "n_head": 12, "n_embd": 48,
+              "train_file": str(corpus), "steps": steps, "block_size": block_size, "train_loss": result.training_loss,
+              "eval_loss": metrics["eval_loss"], "perplexity": math.exp(metrics["eval_loss"]), "seed": seed}
+    write_json_atomically(building / "teacher.json", record)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(building, out)
+    log(f"teacher: validation perplexity {record['perplexity']:.1f} after {steps} steps")
+    return record
+
+
+def prompts_complete(plan: Plan) -> bool:
+    return all((plan.data_dir / name).is_file() for name in PROMPT_FILES)
+
+
+def stage_prompts(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    if prompts_complete(plan):
+        log(f"prompts: {plan.data_dir} is complete; skipped")
+        return
+    if plan.name == "reproduce" and not args.tccc_train:
+        raise SystemExit("error: the TCCC prompt sets need the Jigsaw Toxic Comment Classification Challenge "
+                         "train.csv (Kaggle: jigsaw-toxic-comment-classification-challenge); pass --tccc-train "
+                         "PATH (make reproduce TCCC_SOURCE=PATH)")
+    if plan.name == "demo" and not (plan.runs / "teacher" / "teacher.json").is_file():
+        raise SystemExit("error: the demo's prompts are cut with the demo teacher's tokenizer; run the teacher "
+                         "stage first")
+    for i, step in enumerate(plan.prompt_steps, 1):
+        run_step(step, f"prompts ({i} of {len(plan.prompt_steps)})", plan.env, plan.in_process)
+
+
+def _build_stage(kind: str, plan: Plan, models: list[Model]) -> None:
+    todo = [m for m in models if m.kind == kind]
+    for i, model in enumerate(todo, 1):
+        what = f"{'distill' if kind == 'student' else 'prune'} {model.name} ({i} of {len(todo)})"
+        if (Path(model.pretrained) / model.done_file).is_file():
+            log(f"{what}: {model.pretrained} is complete; skipped")
+            continue
+        run_step(model.build, what, plan.env, plan.in_process)
+
+
+def stage_distill(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    _build_stage("student", plan, models)
+
+
+def stage_prune(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    _build_stage("pruned", plan, models)
+
+
+def eval_complete(plan: Plan, model: Model, batch: EvalBatch) -> bool:
+    marker = plan.eval_root / model.name / EVAL_MARKER.format(batch=batch.label)
+    if not marker.is_file():
+        return False
+    record = json.loads(marker.read_text(encoding="utf-8"))
+    return record.get("tasks") == batch.tasks and record.get("pretrained") == model.pretrained
+
+
+def stage_evaluate(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    units = [(m, b) for m in models for b in plan.eval_batches if not (b.causal_only and m.backend != "causal")]
+    for i, (model, batch) in enumerate(units, 1):
+        what = f"evaluate {model.name} on {batch.label} ({i} of {len(units)})"
+        if eval_complete(plan, model, batch):
+            log(f"{what}: complete; skipped")
+            continue
+        if model.done_file and not (Path(model.pretrained) / model.done_file).is_file():
+            raise SystemExit(f"error: {what}: {model.pretrained} is not built yet; run the "
+                             f"{'teacher' if model.kind == 'teacher' else 'distill or prune'} stage first")
+        out = plan.eval_root / model.name
+        model_args = f"pretrained={model.pretrained}" + (",backend=seq2seq" if model.backend == "seq2seq" else "")
+        model_args += f",{plan.model_args}" if plan.model_args else ""
+        step = Step("lm_eval", ["--include_path", str(REPO / "lm_eval_tasks"), "--tasks", ",".join(batch.tasks),
+                                "--model", "hf", "--model_args", model_args, *plan.lm_eval_args, "--log_samples",
+                                "--output_path", str(out)], plan.lm_eval_launcher)
+        run_step(step, what, {**plan.env, **batch.env}, plan.in_process)
+        write_json_atomically(out / EVAL_MARKER.format(batch=batch.label),
+                              {"tasks": batch.tasks, "pretrained": model.pretrained, "command": step.command(),
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def stage_report(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    evaluated = [m for m in plan.models if any(eval_complete(plan, m, b) for b in plan.eval_batches)]
+    if not evaluated:
+        raise SystemExit(f"error: no evaluated model under {plan.eval_root}; run the evaluate stage first")
+    names = {m.name for m in evaluated}
+    argv = [*(str(plan.eval_root / m.name) for m in evaluated), "--out", str(plan.report_dir)]
+    for m in evaluated:
+        if m.compare_with in names:
+            argv += ["--compare", f"{m.name}={m.compare_with}"]
+    if args.resamples:
+        argv += ["--resamples", str(args.resamples)]
+    run_step(Step("compress.report", argv), f"report on {len(evaluated)} models", plan.env, plan.in_process)
+    log(f"report: open {plan.report_dir / 'summary.md'}")
+
+
+STAGE_FUNCTIONS = {"teacher": stage_teacher, "prompts": stage_prompts, "distill": stage_distill,
+                   "prune": stage_prune, "evaluate": stage_evaluate, "report": stage_report}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return sizes
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m compress.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("plan", choices=("reproduce", "demo"), help="the paper's study, or the offline demo")
+    parser.add_argument("--runs", default=None, help="where everything is written (default runs, or runs/demo)")
+    parser.add_argument("--stages", type=_names, default=list(STAGES), help=f"comma-separated from {','.join(STAGES)}")
+    parser.add_argument("--models", type=_names, default=None, help="comma-separated model names (default: all)")
+    parser.add_argument("--resamples", type=int, default=None, help="bootstrap/permutation resamples for the report")
+    real = parser.add_argument_group("reproduce")
+    real.add_argument("--data-dir", default=None, help="prompt data dir (default RUNS/prompts)")
+    real.add_argument("--tccc-train", default=None, help="the Jigsaw TCCC train.csv (Kaggle)")
+    real.add_argument("--rtp-source", default="allenai/real-toxicity-prompts", help="RTP hub name or prompts.jsonl")
+    real.add_argument("--accelerate-config", default="trainer_configs/accelerate/single_gpu.yaml",
+                      help="accelerate config for the trainers")
+    real.add_argument("--lm-eval-launcher", default=shlex.quote(sys.executable),
+                      help="what runs `-m lm_eval`, e.g. 'accelerate launch' for data-parallel evaluation")
+    real.add_argument("--device", default="cuda:0")
+    real.add_argument("--batch-size", default="auto")
+    real.add_argument("--model-args", default="dtype=auto", help="extra lm-eval model_args for every model")
+    real.add_argument("--scorer", default=None, help="COMPFAIR_SCORER (default: the tasks' default, detoxify:original)")
+    demo = parser.add_argument_group("demo (sizes of the embedded default)")
+    demo.add_argument("--teacher-steps", type=int, default=200)
+    demo.add_argument("--distill-steps", type=int, default=100)
+    demo.add_argument("--prune-samples", type=_sizes, default=[8, 32], help="importance blocks per pruned model")
+    demo.add_argument("--block-size", type=int, default=32)
+    demo.add_argument("--rtp-prompts", type=int, default=16)
+    demo.add_argument("--tccc-prompts", type=int, default=16)
+    demo.add_argument("--subprocess", action="store_true",
+                      help="run each step in its own process, as reproduce does (default: all in this process)")
+    args = parser.parse_args(argv)
+    args.runs = args.runs or ("runs" if args.plan == "reproduce" else "runs/demo")
+    unknown = [s for s in args.stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.plan == "demo":
+        args.accelerate_config = None
+    plan = demo_plan(args) if args.plan == "demo" else reproduce_plan(args)
+    if plan.in_process:
+        # Steps run here: their environment must be in place before torch, datasets or the hub client load.
+        os.environ.update(plan.env)
+        import torch
+
+        torch.set_num_threads(1)  # as DEMO_THREADS does for subprocesses
+    models = plan.models
+    if args.models is not None:
+        known = {m.name for m in plan.models}
+        unknown = [name for name in args.models if name not in known]
+        if unknown:
+            raise SystemExit(f"error: unknown model(s) {', '.join(unknown)} for {plan.name}; "
+                             f"choose from {', '.join(m.name for m in plan.models)}")
+        models = [m for m in plan.models if m.name in args.models]
+    stages = [s for s in STAGES if s in args.stages]
+    started = time.monotonic()
+    for i, stage in enumerate(stages, 1):
+        log(f"stage {i} of {len(stages)}: {stage}")
+        STAGE_FUNCTIONS[stage](plan, args, models)
+    log(f"{plan.name}: {', '.join(stages)} finished in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
