@@ -8,7 +8,7 @@ corpus). Both sides score the same texts: the filter's scorer (`compress.scorers
 and `Detoxify.predict` called once per text. Goal: >= 3x on 2 CPU cores, >= 20x on a GPU.
 Prints one JSON line.
 
-    python bench/toxicity_scoring.py [--device cpu|cuda] [--n_texts 256] [--batch_size 64]
+    python bench/toxicity_scoring.py [--device cpu|cuda] [--n_texts 256] [--batch_size 64] [--threads N]
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--n_texts", type=int, default=None, help="default: 256 on cpu, 4096 on cuda")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 avoids thread thrashing on a busy machine)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -96,6 +98,8 @@ def main() -> None:
 
     from compress.scorers import load_scorer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     n_texts = args.n_texts or (4096 if device.startswith("cuda") else 256)
     texts, source = bench_texts(n_texts)
