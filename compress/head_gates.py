@@ -5,9 +5,13 @@ on each block's `attn.c_proj` multiplies every head's slice of the projection's 
 concatenated head outputs) by that head's gate. The hook sees the same tensor whatever attention
 implementation (eager, SDPA, flash) produced it.
 
-Importance of head h is the mean over predicted tokens of |dL/d gate_h|, the absolute value taken
-per batch as in Michel et al.'s code (a per-token absolute value would need one backward pass per
-token); then, optionally, L2-normalised within each layer.
+Importance of head h is Michel et al.'s E_x |dL(x)/d gate_h|: for every sequence x, the gradient of
+its summed next-token loss with respect to the gate, in absolute value, summed over sequences and
+divided by the number of predicted tokens (a mean over tokens); then, optionally, L2-normalised
+within each layer. The importance pass gives each sequence of a batch its own copy of the gates, so
+one backward pass yields every sequence's gradient. (Michel et al.'s code takes the absolute value
+per batch, which makes the scores depend on the batch size and, under data parallelism, on the
+number of processes; per sequence they depend on neither.)
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ def attention_blocks(model) -> list:
 class HeadGates:
     """A (layers, heads) gate tensor applied to each head's output before `attn.c_proj`.
 
-    `gates.values` starts at ones; set an entry to 0 to mask that head. Remove the hooks with
-    `remove()` (or use the object as a context manager).
+    `gates.values` starts at ones; set an entry to 0 to mask that head. While `per_sequence` holds a
+    (batch, layers, heads) tensor, the hooks use it instead: one set of gates for each sequence of
+    the batch. Remove the hooks with `remove()` (or use the object as a context manager).
     """
 
     def __init__(self, model):
@@ -50,15 +55,20 @@ class HeadGates:
         # At least float32, so importance sums do not lose precision under half-precision weights.
         dtype = torch.promote_types(weight.dtype, torch.float32)
         self.values = torch.ones(self.num_layers, self.num_heads, device=weight.device, dtype=dtype)
+        self.per_sequence: torch.Tensor | None = None
         self._handles = [attn.c_proj.register_forward_pre_hook(self._hook(layer))
                          for layer, attn in enumerate(attention_blocks(model))]
 
     def _hook(self, layer: int) -> Callable:
         def gate(module, args):
-            heads = args[0]  # (..., num_heads * head_dim), heads side by side
-            g = self.values[layer].to(device=heads.device, dtype=heads.dtype)
+            heads = args[0]  # (batch, positions, num_heads * head_dim), heads side by side
+            if self.per_sequence is None:
+                g = self.values[layer]  # (heads,)
+            else:
+                g = self.per_sequence[:, layer, None, :]  # (batch, 1, heads): the same at every position
+            g = g.to(device=heads.device, dtype=heads.dtype)
             shaped = heads.view(*heads.shape[:-1], self.num_heads, self.head_dim)
-            return ((shaped * g[:, None]).view(heads.shape), *args[1:])
+            return ((shaped * g[..., None]).view(heads.shape), *args[1:])
         return gate
 
     @property
@@ -121,10 +131,10 @@ def _no_autocast():
 
 def accumulate_gate_gradients(model, gates: HeadGates, batches: Iterable[dict],
                               autocast=None) -> tuple[torch.Tensor, int]:
-    """Sum over batches of |d(summed token loss)/d gate| and the number of tokens it covers.
+    """Sum over sequences of |d(sequence's summed token loss)/d gate|, and the number of tokens it covers.
 
-    The model runs in eval mode (no dropout noise in the scores); the gradient is cleared after
-    every batch. Distributed callers sum both results over processes before dividing.
+    The model runs in eval mode (no dropout noise in the scores) with its weights frozen; the
+    gradients are cleared after every batch. Distributed callers sum both results over processes.
     """
     was_training = model.training
     model.eval()
@@ -133,21 +143,22 @@ def accumulate_gate_gradients(model, gates: HeadGates, batches: Iterable[dict],
     device = gates.values.device
     autocast = autocast or _no_autocast
     try:
-        gates.values.requires_grad_(True)
         with _frozen_parameters(model):
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels", batch["input_ids"])
+                # Each sequence's loss depends only on its own gates, so d(batch loss)/d(its gates)
+                # is that sequence's gradient.
+                gates.per_sequence = gates.values.expand(len(labels), -1, -1).clone().requires_grad_(True)
                 with autocast():
                     logits = model(**batch).logits
                 loss, n = summed_token_loss(logits, labels)
                 loss.backward()
-                total += gates.values.grad.abs()
-                gates.values.grad = None
+                total += gates.per_sequence.grad.abs().sum(dim=0)
+                gates.per_sequence = None
                 tokens += n
     finally:
-        gates.values.requires_grad_(False)
-        gates.values.grad = None
+        gates.per_sequence = None
         model.train(was_training)
     return total, tokens
 

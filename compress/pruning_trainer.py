@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
@@ -86,11 +87,21 @@ class HeadPruningTrainer(Trainer):
     def _progress(self, loader, description: str):
         return tqdm(loader, desc=description, disable=self.args.disable_tqdm or not self.is_local_process_zero())
 
+    def importance_dataloader(self) -> DataLoader:
+        """This process's contiguous share of the importance blocks, each block on exactly one process.
+
+        (A loader prepared by accelerate would repeat blocks to even out the last batch, and repeated
+        blocks would count twice in the summed gradients.)
+        """
+        size, rank, world = len(self.importance_dataset), self.args.process_index, self.args.world_size
+        share = Subset(self.importance_dataset, range(size * rank // world, size * (rank + 1) // world))
+        return DataLoader(share, batch_size=self.args.eval_batch_size, collate_fn=self.data_collator,
+                          num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+
     def compute_head_importance(self, description: str = "head importance") -> torch.Tensor:
-        """Importance of every head with the current mask, summed over all processes' shards."""
-        # The test loader: sequential, eval batch size, sharded by accelerate, never cached.
-        loader = self.get_test_dataloader(self.importance_dataset)
-        gradient_sum, tokens = accumulate_gate_gradients(self.model, self.gates, self._progress(loader, description),
+        """Importance of every head with the current mask, summed over all processes' shares."""
+        loader = self._progress(self.importance_dataloader(), description)
+        gradient_sum, tokens = accumulate_gate_gradients(self.model, self.gates, loader,
                                                          autocast=self.accelerator.autocast)
         tokens = torch.tensor(float(tokens), device=gradient_sum.device)
         gradient_sum = self.accelerator.reduce(gradient_sum, reduction="sum")
@@ -196,6 +207,9 @@ class HeadPruningTrainer(Trainer):
             count = heads_to_prune(remaining, self.args.prune_fraction, self.args.target_heads)
             importance = self.compute_head_importance(f"head importance (iteration {done + 1})")
             chosen = select_heads_to_prune(importance, self.gates.mask, count)
+            if not chosen:
+                stop = "no head left that may be pruned"
+                break
             previous = self.gates.mask
             mask = previous.clone()
             for layer, head in chosen:

@@ -27,11 +27,11 @@ def _scale_head_rows(model, scales):
             weight.mul_(scales[layer].to(weight)[:, None, None])
 
 
-def _summed_loss(model, batch):
+def _sequence_losses(model, batch):
+    """Each sequence's summed next-token loss."""
     ids = batch["input_ids"]
     logits = model(input_ids=ids).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                             reduction="sum")
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").sum(dim=1)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -63,7 +63,7 @@ def test_importance_equals_finite_differences(tiny_gpt2, normalize):
     gates.set_mask(mask)
     importance = head_importance(model, gates, batches, normalize=normalize)
 
-    # Central differences of each batch's summed token loss in one head's scale, with the mask
+    # Central differences of each sequence's summed token loss in one head's scale, with the mask
     # applied by scaling projection rows instead of by the gates.
     eps = 1e-4
     reference = _load(tiny_gpt2, dtype=torch.float64)
@@ -81,7 +81,7 @@ def test_importance_equals_finite_differences(tiny_gpt2, normalize):
                 reference.load_state_dict(original)
                 _scale_head_rows(reference, scales)
                 with torch.no_grad():
-                    losses.append(torch.stack([_summed_loss(reference, b) for b in batches]))
+                    losses.append(torch.cat([_sequence_losses(reference, b) for b in batches]))
             expected[layer, head] = ((losses[0] - losses[1]) / (2 * eps)).abs().sum() / tokens
     if normalize:
         expected = expected / expected.norm(dim=1, keepdim=True)
@@ -100,7 +100,17 @@ def test_importance_clears_gradients_and_restores_the_model(tiny_gpt2):
     torch.testing.assert_close(one, again)  # nothing carried over from the previous pass
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())  # the weights were never differentiated
-    assert gates.values.grad is None and not gates.values.requires_grad
+    assert gates.values.grad is None and not gates.values.requires_grad and gates.per_sequence is None
+
+
+def test_importance_does_not_depend_on_how_sequences_are_batched(tiny_gpt2):
+    model = _load(tiny_gpt2, dtype=torch.float64)
+    gates = HeadGates(model)
+    sequences = torch.cat([b["input_ids"] for b in _batches(n=2, batch=3)])  # 6 sequences
+    by_batch = [head_importance(model, gates, [{"input_ids": chunk} for chunk in sequences.split(size)])
+                for size in (1, 2, 6)]
+    torch.testing.assert_close(by_batch[0], by_batch[1])
+    torch.testing.assert_close(by_batch[0], by_batch[2])
 
 
 def test_other_architectures_are_refused_by_name(tiny_seq2seq):

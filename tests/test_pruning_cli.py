@@ -240,17 +240,29 @@ def test_other_architectures_fail_naming_the_model_type(tmp_path, tiny_seq2seq, 
 
 
 @pytest.mark.slow
-def test_the_script_runs_as_a_file_on_cpu(tmp_path, tiny_gpt2, train_file):
-    """`python compress/prune.py ...`, the way the demo and accelerate call it (compress/ first on sys.path)."""
+def test_two_processes_prune_the_same_heads_as_one(tmp_path, tiny_gpt2, train_file):
+    """The script run as a file by `accelerate launch` (compress/ first on sys.path), data-parallel on
+    CPU: 13 importance blocks and 6 validation blocks split unevenly over two processes, and the
+    record matches a single process's."""
+    import os
     import subprocess
     import sys
 
-    out = tmp_path / "pruned"
-    command = [sys.executable, str(CONFIGS.parents[1] / "compress" / "prune.py"), "--model_name_or_path",
-               str(tiny_gpt2), "--train_file", str(train_file), "--block_size", "32", "--num_samples", "16",
-               "--per_device_eval_batch_size", "8", "--prune_fraction", "0.25", "--iterations", "2",
-               "--output_dir", str(out), "--disable_tqdm", "true", "--use_cpu", "true"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "heads per iteration: [16, 12, 9]" in done.stdout
-    assert json.loads((out / "pruning.json").read_text())["heads_per_iteration"] == [16, 12, 9]
+    flags = ["--model_name_or_path", str(tiny_gpt2), "--train_file", str(train_file), "--block_size", "32",
+             "--num_samples", "13", "--per_device_eval_batch_size", "4", "--prune_fraction", "0.25",
+             "--iterations", "2", "--disable_tqdm", "true", "--use_cpu", "true", "--measure_speedup", "false"]
+    single = prune.main([*flags, "--output_dir", str(tmp_path / "one")])
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(CONFIGS.parents[1] / "compress" / "prune.py"), *flags, "--output_dir", str(tmp_path / "two")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("heads per iteration: [16, 12, 9]") == 1  # printed by the main process only
+    double = json.loads((tmp_path / "two" / "pruning.json").read_text())
+    assert double["heads_per_iteration"] == single["heads_per_iteration"] == [16, 12, 9]
+    assert double["kept_heads_per_iteration"] == single["kept_heads_per_iteration"]
+    assert double["data_subset"]["importance_tokens"] == single["data_subset"]["importance_tokens"] == 13 * 31
+    for a, b in zip(double["importance_per_iteration"][1:], single["importance_per_iteration"][1:]):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=0, atol=1e-5)
+    assert double["perplexity_per_iteration"] == pytest.approx(single["perplexity_per_iteration"], rel=1e-5)
