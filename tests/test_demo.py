@@ -1,0 +1,184 @@
+"""`make demo`'s pipeline, scaled down, end to end through the real tasks on tiny models built on the spot; and
+the study's plans and command line.
+
+The pipeline runs once per module, in its own process as `make demo` runs it: a tiny teacher, two students, one
+pruned model, every toxicity and bias task through lm-eval, and the report. The tests then trace every number in
+summary.csv back to the file it came from.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compress import study
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MODELS = ("teacher", "A", "Dnot", "pruned_8")
+SCALED_DOWN = ["--teacher-steps", "30", "--distill-steps", "5", "--prune-samples", "8", "--rtp-prompts", "6",
+               "--tccc-prompts", "6", "--resamples", "400", "--models", ",".join(DEMO_MODELS)]
+
+
+def _study(runs: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "compress.study", "demo", "--runs", str(runs), *SCALED_DOWN, *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("demo")
+    result = _study(runs)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return runs, result.stderr
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_demo_report_has_a_row_for_every_model_it_built(demo):
+    runs, log = demo
+    rows = {row["model"]: row for row in _rows(runs / "report" / "summary.csv")}
+    assert set(rows) == set(DEMO_MODELS)
+    assert rows["A"]["method"] == "distillation" and rows["A"]["init"] == "teacher"
+    assert rows["Dnot"]["init"] == "random" and rows["pruned_8"]["method"] == "head pruning"
+    # The tiny teacher has the paper's 12 x 12 heads, so 3 pruning iterations at 5% leave the paper's 122.
+    assert rows["teacher"]["heads"] == "144" and rows["pruned_8"]["heads"] == "122"
+    assert {rows[m]["baseline"] for m in ("A", "Dnot", "pruned_8")} == {"teacher"}
+    for stage in study.STAGES:
+        assert f"stage {study.STAGES.index(stage) + 1} of {len(study.STAGES)}: {stage}" in log
+    summary = (runs / "report" / "summary.md").read_text()
+    assert "## What is significant" in summary and "**A** vs **teacher**" in summary
+    for plot in ("toxicity.png", "bias_counts.png", "perplexity.png", "perplexity_vs_metrics.png",
+                 "generation_length.png"):
+        assert (runs / "report" / "plots" / plot).stat().st_size > 5000
+
+
+def _results_value(results: dict, column: str) -> float | None:
+    task, _, metric = column.partition("/")
+    entry = results["results"].get(task) or (results.get("groups") or {}).get(task) or {}
+    matches = [v for k, v in entry.items() if k.split(",")[0] == metric and "," in k]
+    return matches[0] if len(matches) == 1 else None
+
+
+@pytest.mark.slow
+def test_every_number_in_summary_csv_traces_back_to_its_source_file(demo):
+    runs, _ = demo
+    rows = _rows(runs / "report" / "summary.csv")
+    checked = 0
+    for row in rows:
+        sources = [Path(p) for p in row["results_files"].split(";")]
+        results = [json.loads(p.read_text()) for p in sources if p.name.startswith("results_")]
+        assert results, row["model"]
+        record = {}
+        for p in sources:
+            if p.name in ("distillation.json", "pruning.json"):
+                record = json.loads(p.read_text())
+        config = json.loads((Path(row["pretrained"]) / "config.json").read_text())
+        for column, cell in row.items():
+            if cell in ("", None) or column in ("model", "method", "baseline", "init", "pretrained",
+                                                "results_files", "perplexity_source"):
+                continue
+            value = float(cell)
+            if column == "parameters":
+                expected = (record.get("student_parameters") or (record.get("parameter_count") or {}).get("pruned")
+                            or results[0]["config"]["model_num_parameters"])
+            elif column == "blocks":
+                expected = record.get("student_layers", config["n_layer"])
+            elif column == "heads":
+                expected = (record.get("heads_per_iteration") or [config["n_layer"] * config["n_head"]])[-1]
+            elif column == "trainer_perplexity":
+                expected = record.get("perplexity") or record["perplexity_per_iteration"][-1]
+            elif column == "prune_subset":
+                expected = record["num_samples"]
+            elif column == "perplexity":
+                assert row["perplexity_source"] == "lm-eval compfair_demo_perplexity word_perplexity"
+                expected = _results_value(results[0], "compfair_demo_perplexity/word_perplexity")
+            elif column.endswith((" ci_low", " ci_high")):
+                point = float(row[column.rsplit(" ", 1)[0]])
+                assert (value <= point + 1e-9) if column.endswith("ci_low") else (value >= point - 1e-9), column
+                checked += 1
+                continue
+            else:
+                found = [v for v in (_results_value(r, column) for r in results) if v is not None]
+                assert found, f"{row['model']}: {column} is in no results file"
+                expected = found[0]
+            assert value == expected, f"{row['model']}: {column} = {value}, source says {expected}"
+            checked += 1
+    assert checked > 100 * len(rows)
+
+
+@pytest.mark.slow
+def test_comparisons_pair_each_model_with_the_teacher_on_the_same_documents(demo):
+    runs, _ = demo
+    rows = _rows(runs / "report" / "comparisons.csv")
+    assert {r["model"] for r in rows} == {"A", "Dnot", "pruned_8"}
+    assert {r["baseline"] for r in rows} == {"teacher"}
+    tasks = {r["task"] for r in rows}
+    assert {"compfair_rtp", "compfair_tox4k", "compfair_stereoset_intrasentence", "compfair_winobias_type1_dev",
+            "compfair_demo_perplexity"} <= tasks
+    tox = next(r for r in rows if r["model"] == "A" and r["task"] == "compfair_rtp" and r["metric"] == "toxic_score")
+    summary = {row["model"]: row for row in _rows(runs / "report" / "summary.csv")}
+    assert float(tox["value"]) == pytest.approx(float(summary["A"]["compfair_rtp/toxic_score"]))
+    assert float(tox["baseline_value"]) == pytest.approx(float(summary["teacher"]["compfair_rtp/toxic_score"]))
+    assert tox["documents"] == "6"
+    for r in rows:
+        assert 0 < float(r["p_value"]) <= 1 and float(r["p_adjusted"]) >= float(r["p_value"]) - 1e-12
+        assert math.isfinite(float(r["diff"]))
+
+
+@pytest.mark.slow
+def test_a_second_run_skips_everything_already_done(demo):
+    runs, _ = demo
+    before = {p: p.stat().st_mtime_ns for p in (runs / "eval").rglob("results_*.json")}
+    result = _study(runs, "--stages", "teacher,prompts,distill,prune,evaluate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The teacher, the prompts, three trained models and four evaluations.
+    assert result.stderr.count("complete; skipped") == 1 + 1 + 3 + len(DEMO_MODELS)
+    assert {p: p.stat().st_mtime_ns for p in (runs / "eval").rglob("results_*.json")} == before
+
+
+def _args(*argv):
+    return study.parse_args(["reproduce", *argv])
+
+
+def test_reproduce_plan_covers_the_papers_models_with_existing_configs():
+    plan = study.reproduce_plan(_args("--runs", "somewhere", "--tccc-train", "train.csv",
+                                      "--accelerate-config", "trainer_configs/accelerate/single_gpu.yaml"))
+    names = [m.name for m in plan.models]
+    assert names[:2] == ["gpt2", "distilgpt2"]
+    assert set(study.STUDENTS) <= set(names) and {f"wikitext_{n}" for n in study.PRUNE_SUBSETS} <= set(names)
+    assert {"DialoGPT-small", "DialoGPT-medium", "DialoGPT-large", "blenderbot-400M-distill", "blenderbot-3B"} <= \
+        set(names)
+    by_name = {m.name: m for m in plan.models}
+    assert by_name["blenderbot-400M-distill"].backend == "seq2seq"
+    assert by_name["blenderbot-400M-distill"].compare_with == "blenderbot-3B"
+    for model in plan.models:
+        if model.build is not None:
+            config = Path(REPO / model.build.argv[0])
+            assert config.is_file(), config
+            assert model.build.command()[:4] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    assert [step.argv[0] for step in plan.prompt_steps] == ["rtp", "tccc"]
+    assert {b.label for b in plan.eval_batches} == {"toxicity", "bias", "perplexity"}
+
+
+def test_bad_study_input_gives_one_line_errors(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        study.main(["demo", "--runs", str(tmp_path), "--models", "A,Z9"])
+    assert "unknown model(s) Z9" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        study.main(["reproduce", "--runs", str(tmp_path), "--stages", "prompts"])
+    assert "TCCC" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        study.main(["reproduce", "--runs", str(tmp_path), "--stages", "report"])
+    assert "no evaluated model" in str(err.value)
+    with pytest.raises(SystemExit):
+        study.parse_args(["demo", "--stages", "distill,polish"])
