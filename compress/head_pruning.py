@@ -88,7 +88,7 @@ def compact_from_masked(model: GPT2LMHeadModel, mask: torch.Tensor) -> CompactGP
         state[prefix + "c_proj.weight"] = state[prefix + "c_proj.weight"][rows, :]
     with torch.device("meta"):
         compact = CompactGPT2LMHeadModel(config)
-    compact.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False, assign=True)
+    compact.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
     compact.tie_weights()
     _materialize_buffers(compact, model)
     compact.generation_config = model.generation_config
@@ -136,7 +136,7 @@ def portable_from_compact(compact: CompactGPT2LMHeadModel) -> GPT2LMHeadModel:
                       prefix + "c_proj.weight": full_proj})
     with torch.device("meta"):
         portable = GPT2LMHeadModel(config)
-    portable.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False, assign=True)
+    portable.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
     portable.tie_weights()
     _materialize_buffers(portable, compact)
     portable.generation_config = compact.generation_config
