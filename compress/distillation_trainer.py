@@ -62,8 +62,8 @@ def _logit_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
 
 
 def _chunk_terms_and_grad(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor,
-                          valid: torch.Tensor, temperature: float, kd_weight: torch.Tensor, ce_weight: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          valid: torch.Tensor, temperature: float, kd_weight: torch.Tensor, ce_weight: torch.Tensor,
+                          with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """KL sum, CE sum and the gradient of kd_weight * KL + ce_weight * CE w.r.t. one chunk of student rows.
 
     d CE / d s = softmax(s) - onehot(target);  d KL / d s = (softmax(s / T) - softmax(t / T)) / T.
@@ -74,15 +74,17 @@ def _chunk_terms_and_grad(student: torch.Tensor, teacher: torch.Tensor | None, t
     safe_targets = targets.clamp(min=0).unsqueeze(1)  # ignored rows are masked by `keep`
     log_probs = F.log_softmax(student, dim=-1)
     ce = -(log_probs.gather(1, safe_targets).squeeze(1) * valid).sum()
-    onehot = torch.arange(student.shape[-1], device=student.device) == safe_targets
-    grad = (log_probs.exp() - onehot.float()) * (ce_weight * keep)
-    kd = ce.new_zeros(())
+    kd, grad = ce.new_zeros(()), None
+    if with_grad:
+        onehot = torch.arange(student.shape[-1], device=student.device) == safe_targets
+        grad = (log_probs.exp() - onehot.float()) * (ce_weight * keep)
     if teacher is not None:
         student_log_probs = F.log_softmax(student / temperature, dim=-1)
         teacher_log_probs = F.log_softmax(teacher.float() / temperature, dim=-1)
         teacher_probs = teacher_log_probs.exp()
         kd = ((teacher_probs * (teacher_log_probs - student_log_probs)).sum(-1) * valid).sum()
-        grad = grad + (student_log_probs.exp() - teacher_probs) * (kd_weight / temperature * keep)
+        if with_grad:
+            grad = grad + (student_log_probs.exp() - teacher_probs) * (kd_weight / temperature * keep)
     return kd, ce, grad
 
 
@@ -108,7 +110,8 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         for start in range(0, student.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             kd, ce, chunk_grad = terms_and_grad(student[rows], None if teacher is None else teacher[rows],
-                                                targets[rows], valid[rows], temperature, kd_weight, ce_weight)
+                                                targets[rows], valid[rows], temperature, kd_weight, ce_weight,
+                                                grad is not None)
             kd_total, ce_total = kd_total + kd, ce_total + ce
             if grad is not None:
                 grad[rows] = chunk_grad
