@@ -1,5 +1,7 @@
 """The distillation loss against an independent computation of its formula, and its chunking."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,3 +165,21 @@ def test_teacher_is_frozen_in_eval_mode_and_training_precision(models, tmp_path)
 def test_bad_loss_settings_are_refused(tmp_path, loss_args, message):
     with pytest.raises(ValueError, match=message):
         DistillationConfig(output_dir=str(tmp_path), use_cpu=True, **loss_args)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_loss_matches_the_eager_one():
+    torch.manual_seed(0)
+    student_logits = torch.randn(2, 9, 30, requires_grad=True)
+    teacher_logits = torch.randn(2, 9, 30)
+    targets, valid = next_token_targets(torch.randint(0, 30, (2, 9)))
+    values = []
+    for compile_loss in (False, True):
+        loss, kd, ce = distillation_logit_loss(student_logits, teacher_logits, targets, valid, 2.0, 0.3, 0.7, 8,
+                                               compile_loss)
+        (grad,) = torch.autograd.grad(loss, student_logits)
+        values.append((loss.detach(), kd, ce, grad))
+    for compiled, eager in zip(values[1], values[0]):
+        assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-6)
