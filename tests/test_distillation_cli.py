@@ -177,6 +177,17 @@ def test_study_configs_describe_the_papers_students(name, layers, from_teacher):
     assert Path(config.output_dir).name == name
 
 
+def test_explicit_layer_list_from_yaml_or_flag(tmp_path):
+    config = tmp_path / "explicit.yaml"
+    config.write_text("student_layers: 3\nlayer_selection: [0, 5, 11]\nuse_cpu: true\ntrain_file: t.txt\n")
+    arguments = (StudentArguments, DataArguments, DistillationConfig)
+    assert parse_config_and_flags(arguments, [str(config)])[0].layer_selection == [0, 5, 11]
+    flagged = parse_config_and_flags(arguments, [str(config), "--layer_selection", "1,2,3"])
+    assert flagged[0].layer_selection == [1, 2, 3]
+    with pytest.raises(SystemExit, match="layer_selection must be one of"):
+        parse_config_and_flags(arguments, [str(config), "--layer_selection", "middle"])
+
+
 @pytest.mark.slow
 def test_two_process_cpu_launch_saves_one_model(tiny_gpt2, train_file, tmp_path):
     out = tmp_path / "ddp"
