@@ -41,8 +41,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# The paper's order of the prompt sets; other tasks follow alphabetically.
+TASK_ORDER = ("compfair_rtp", "compfair_rtp_standard", "compfair_tox4k", "compfair_random4k", "compfair_safe4k")
+
+
 def _tasks_with(report, metric: str) -> list[str]:
-    return sorted({e.task for e in report.estimates if e.metric == metric and not e.is_group})
+    tasks = {e.task for e in report.estimates if e.metric == metric and not e.is_group}
+    return sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
 
 
 def _errors(estimates) -> np.ndarray:

@@ -796,10 +796,13 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
         lines += _md_table(["model"] + [shown[key] for key in columns], rows) + [""]
 
     if report.correlations:
-        lines += ["## Rank correlation with size (Spearman, parameters)", ""]
+        shown = [c for c in report.correlations if c.metric in KEY_METRICS] or report.correlations
+        lines += ["## Rank correlation with size (Spearman, parameters)", "",
+                  f"Main metrics; all {len(report.correlations)} correlations are in correlations.csv. * marks a "
+                  "significant one (corrected p).", ""]
         lines += _md_table(["family", "task/metric", "rho [95% interval]", "n", "p", "corrected p"], [
             [c.family, f"{c.task}/{c.metric}", f"{_fmt(c.rho, 3)} [{_fmt(c.low, 3)}, {_fmt(c.high, 3)}]", c.n,
-             _p(c.p_value), _p(c.p_adjusted) + (" *" if c.significant else "")] for c in report.correlations]) + [""]
+             _p(c.p_value), _p(c.p_adjusted) + (" *" if c.significant else "")] for c in shown]) + [""]
 
     if report.matched:
         lines += ["## Perplexity-matched comparison", "",
