@@ -76,7 +76,7 @@ class ModelInfo:
 
     @property
     def label(self) -> str:
-        if self.method == "distillation":
+        if self.method == "distillation" and self.init:
             return f"{self.name} ({self.blocks} blocks, {self.init} init)"
         if self.method == "head pruning":
             return f"{self.name} (pruned to {self.heads} heads)"
@@ -155,6 +155,7 @@ class MatchedRow:
     residual_low: float
     residual_high: float
     reference: str  # which models the prediction line was fitted on
+    extrapolated: bool  # the model's perplexity lies outside the references' range
 
 
 @dataclass
@@ -657,20 +658,29 @@ def perplexity_matched(infos: dict[str, ModelInfo], estimates: list[Estimate], n
         x = np.log([infos[m].perplexity for m in references])
         y = np.array([table[(m, task, metric, filter_name)].value for m in references])
         slope, intercept = np.polyfit(x, y, 1)
+        span = (min(infos[m].perplexity for m in references), max(infos[m].perplexity for m in references))
         for m in present:
             e = table[(m, task, metric, filter_name)]
             predicted = float(intercept + slope * math.log(infos[m].perplexity))
             rows.append(MatchedRow(m, infos[m].method, infos[m].perplexity, task, metric, e.value, e.low, e.high,
                                    predicted, e.value - predicted, e.low - predicted, e.high - predicted,
-                                   reference_label + ": " + ", ".join(references)))
+                                   reference_label + ": " + ", ".join(references),
+                                   not span[0] <= infos[m].perplexity <= span[1]))
     return rows
 
 
 def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None = None, correction: str = "bh",
-                 alpha: float = 0.05, resamples: int | None = None, seed: int = 0) -> Report:
+                 alpha: float = 0.05, resamples: int | None = None, seed: int = 0,
+                 distilled: list[str] | None = None) -> Report:
     notes: list[str] = []
     runs = {run.name: run for run in find_model_runs(results_dirs)}
     infos = {name: describe_model(run) for name, run in runs.items()}
+    for name in distilled or []:  # distilled elsewhere (e.g. distilgpt2): no trainer record says so
+        if name not in infos:
+            raise SystemExit(f"error: --distilled {name}: no model named {name!r} in the results "
+                             f"(models: {', '.join(sorted(infos))})")
+        if infos[name].method == "original":
+            infos[name].method = "distillation"
     resolve_baselines(infos, runs, dict(compare or {}), notes)
     estimates, groups = estimate_metrics(runs, resamples, seed, notes)
     comparisons = compare_with_baselines(runs, infos, groups, resamples, seed, notes)
@@ -810,8 +820,12 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
                   "same perplexity (a line fitted on the references named below); a negative residual means lower "
                   "(less toxic / less stereotyped) than that reference.", ""]
         lines += _md_table(["model", "method", "perplexity", "task/metric", "value", "predicted", "residual [95%]"], [
-            [r.model, r.method, _fmt(r.perplexity), f"{r.task}/{r.metric}", _fmt(r.value), _fmt(r.predicted),
+            [r.model, r.method, _fmt(r.perplexity), f"{r.task}/{r.metric}", _fmt(r.value),
+             _fmt(r.predicted) + (" (extrapolated)" if r.extrapolated else ""),
              f"{_fmt(r.residual)} [{_fmt(r.residual_low)}, {_fmt(r.residual_high)}]"] for r in report.matched])
+        if any(r.extrapolated for r in report.matched):
+            lines += ["", "An extrapolated prediction lies outside the perplexity range of the references: the line "
+                      "says little there, so read those residuals with care."]
         lines += ["", "References: " + "; ".join(sorted({f"{r.task}/{r.metric}: {r.reference}"
                                                          for r in report.matched})), ""]
     if plots:
@@ -866,9 +880,9 @@ def write_report(report: Report, out_dir: str | Path, make_plots: bool = True) -
              for c in report.correlations])),
         ("perplexity_matched.csv", _csv_text(
             ["model", "method", "perplexity", "task", "metric", "value", "ci_low", "ci_high", "predicted", "residual",
-             "residual_ci_low", "residual_ci_high", "reference"],
+             "residual_ci_low", "residual_ci_high", "extrapolated", "reference"],
             [[r.model, r.method, r.perplexity, r.task, r.metric, r.value, r.low, r.high, r.predicted, r.residual,
-              r.residual_low, r.residual_high, r.reference] for r in report.matched])),
+              r.residual_low, r.residual_high, r.extrapolated, r.reference] for r in report.matched])),
     ]:
         write_atomically(out / name, text)
         written.append(out / name)
@@ -896,6 +910,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="where the report is written")
     parser.add_argument("--compare", type=_pair, action="append", default=[], metavar="MODEL=BASELINE",
                         help="also test MODEL against BASELINE (names as in the report); repeatable")
+    parser.add_argument("--distilled", action="append", default=[], metavar="MODEL",
+                        help="MODEL was distilled elsewhere (e.g. distilgpt2): not a reference in the perplexity-"
+                             "matched comparison; repeatable")
     parser.add_argument("--correction", choices=sorted(significance.CORRECTIONS), default="bh",
                         help="multiple-comparison correction: bh = Benjamini-Hochberg (default), holm = Holm")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level after correction")
@@ -915,7 +932,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = build_report(args.results_dirs, dict(args.compare), args.correction, args.alpha, args.resamples,
-                          args.seed)
+                          args.seed, args.distilled)
     written = write_report(report, args.out, make_plots=not args.no_plots)
     significant = sum(c.significant for c in report.comparisons)
     print(f"report for {len(report.models)} models in {args.out}: {len(written)} files; "

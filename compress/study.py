@@ -77,6 +77,7 @@ class Model:
     build: Step | None = None  # the trainer run that writes `pretrained`
     done_file: str | None = None  # written last by the trainer: its presence means the build is complete
     compare_with: str | None = None  # the baseline of a model that no trainer record names
+    distilled: bool = False  # distilled elsewhere (a hub model): the report must be told
 
 
 @dataclass
@@ -178,7 +179,8 @@ def reproduce_plan(args: argparse.Namespace) -> Plan:
     runs = Path(args.runs)
     data_dir = Path(args.data_dir) if args.data_dir else runs / "prompts"
     launch = _launcher(args.accelerate_config)
-    models = [Model("gpt2", "teacher", "gpt2"), Model("distilgpt2", "baseline", "distilgpt2", compare_with="gpt2")]
+    models = [Model("gpt2", "teacher", "gpt2"),
+              Model("distilgpt2", "baseline", "distilgpt2", compare_with="gpt2", distilled=True)]
     for student in STUDENTS:
         out = runs / "students" / student
         models.append(Model(student, "student", str(out), done_file="distillation.json", build=Step(
@@ -195,7 +197,7 @@ def reproduce_plan(args: argparse.Namespace) -> Plan:
                             compare_with="DialoGPT-large"))
     models.append(Model("DialoGPT-large", "baseline", "microsoft/DialoGPT-large"))
     models.append(Model("blenderbot-400M-distill", "baseline", "facebook/blenderbot-400M-distill", "seq2seq",
-                        compare_with="blenderbot-3B"))
+                        compare_with="blenderbot-3B", distilled=True))
     models.append(Model("blenderbot-3B", "baseline", "facebook/blenderbot-3B", "seq2seq"))
 
     prompts = [Step("compress.prompts", ["rtp", "--source", args.rtp_source, "--out", str(data_dir)])]
@@ -436,6 +438,8 @@ def stage_report(plan: Plan, args: argparse.Namespace, models: list[Model]) -> N
     for m in evaluated:
         if m.compare_with in names:
             argv += ["--compare", f"{m.name}={m.compare_with}"]
+        if m.distilled:
+            argv += ["--distilled", m.name]
     if args.resamples:
         argv += ["--resamples", str(args.resamples)]
     run_step(Step("compress.report", argv), f"report on {len(evaluated)} models", plan.env, plan.in_process)

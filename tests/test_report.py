@@ -146,6 +146,20 @@ def test_size_correlation_and_perplexity_matched_line(study):
     assert float(toxic["predicted"]) == pytest.approx(predicted)
     assert float(toxic["residual"]) == pytest.approx(float(toxic["value"]) - predicted)
     assert "non-distilled" in toxic["reference"]
+    # "toxic" has a higher perplexity than either reference: its prediction is an extrapolation, flagged as such.
+    assert toxic["extrapolated"] == "True"
+    assert next(r for r in matched if r["model"] == "teacher")["extrapolated"] == "False"
+    assert "(extrapolated)" in (study["out"] / "summary.md").read_text()
+
+
+def test_models_distilled_elsewhere_are_not_references(study):
+    dirs = sorted((study["root"] / "eval").iterdir())
+    report = rep.build_report(dirs, resamples=200, distilled=["teacher"])
+    assert next(m for m in report.models if m.name == "teacher").method == "distillation"
+    references = {r.reference for r in report.matched}
+    assert references == {"all models (fewer than two non-distilled perplexities): copy, pruned, teacher, toxic"}
+    with pytest.raises(SystemExit, match="--distilled nobody"):
+        rep.build_report(dirs, distilled=["nobody"])
 
 
 def test_plots_are_written_and_not_empty(study):
