@@ -123,6 +123,12 @@ def _attach_model_files(run: ModelRun, search_dirs: list[Path]) -> None:
     """config.json and the trainer's record, from the model's folder or beside the results."""
     model_dir = Path(run.model).expanduser()
     folders = ([model_dir] if model_dir.is_dir() else []) + search_dirs
+    # A pruned model's compact form lies in a subfolder of the run that wrote pruning.json.
+    parent_record = model_dir.parent / "pruning.json"
+    if model_dir.is_dir() and parent_record.is_file():
+        forms = (_read_json(parent_record) or {}).get("saved_forms") or {}
+        if model_dir.name in forms.values():
+            folders.insert(1, model_dir.parent)
     for folder in folders:
         for record in TRAINER_RECORDS:
             path = folder / record

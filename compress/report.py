@@ -192,9 +192,9 @@ def _config_shape(config: dict | None) -> tuple[int | None, int | None]:
         heads_total = (config.get("encoder_layers", 0) * config.get("encoder_attention_heads", 0)
                        + config["decoder_layers"] * config.get("decoder_attention_heads", 0))
         return layers, heads_total or None
-    per_layer = config.get("heads_per_layer") or config.get("n_head_per_layer")
-    if isinstance(per_layer, list):  # a compact pruned GPT-2 keeps a head count per layer
-        return layers or len(per_layer), int(sum(per_layer))
+    kept = config.get("kept_heads")
+    if isinstance(kept, list) and all(isinstance(h, list) for h in kept):  # compact pruned GPT-2: heads per layer
+        return layers or len(kept), sum(len(h) for h in kept)
     if isinstance(heads, list):
         return layers or len(heads), int(sum(heads))
     return layers, (layers * heads if layers and heads else None)

@@ -241,3 +241,16 @@ def test_vectorised_stereoset_aggregation_equals_the_reference_function():
     for a, b in zip(significance.paired_comparisons(items, other, fast, resamples=200),
                     significance.paired_comparisons(items, other, reference, resamples=200)):
         assert (a.diff, a.low, a.high, a.p_value) == pytest.approx((b.diff, b.low, b.high, b.p_value), nan_ok=True)
+
+
+def test_compact_pruned_form_is_described_by_its_runs_pruning_record(tmp_path):
+    run_dir = tmp_path / "pruned"
+    (run_dir / "compact").mkdir(parents=True)
+    (run_dir / "pruning.json").write_text(json.dumps({
+        "model_name_or_path": "gpt2", "heads_per_iteration": [8, 7],
+        "saved_forms": {"portable": ".", "compact": "compact"}, "parameter_count": {"unpruned": 100, "pruned": 90}}))
+    (run_dir / "compact" / "config.json").write_text(json.dumps({
+        "model_type": "compact_gpt2", "n_layer": 2, "n_head": 4, "kept_heads": [[0, 1, 2, 3], [0, 2, 3]]}))
+    write_lm_eval_run(tmp_path / "eval", str(run_dir / "compact"), {"t": {"toxicity_mean": [0.1, 0.3]}})
+    (info,) = rep.build_report([tmp_path / "eval"], resamples=100).models
+    assert info.method == "head pruning" and info.heads == 7 and info.parameters == 90 and info.blocks == 2
