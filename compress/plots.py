@@ -205,7 +205,7 @@ def generation_length(report, path: Path) -> Path | None:
         return None
     metrics = [("gen_length_tokens", "tokens"), ("gen_length_chars", "characters")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), squeeze=False)
-    models = report.models
+    models = [m for m in report.models if any(report.estimate(m.name, t, "gen_length_tokens") for t in tasks)]
     x = np.arange(len(models))
     width = 0.8 / len(tasks)
     for ax, (metric, unit) in zip(axes[0], metrics):
