@@ -115,8 +115,8 @@ bench: install
 	@mkdir -p $(dir $(BENCH_OUT)); : > $(BENCH_OUT).tmp
 	@set -o pipefail; for script in bench/*.py; do \
 		echo "bench: $$script" >&2; \
-		$(PY) $$script | tail -n 1 | $(PY) -c 'import json, sys; line = sys.stdin.read(); json.loads(line); print(line.strip())' \
-			>> $(BENCH_OUT).tmp || { echo "bench: $$script failed or printed no JSON line" >&2; exit 1; }; \
+		$(PY) $$script | tail -n 1 | $(PY) -c 'import json, sys; line = sys.stdin.read().strip(); json.loads(line); print(line)' \
+			2>/dev/null >> $(BENCH_OUT).tmp || { echo "bench: $$script failed or its last line is not JSON" >&2; exit 1; }; \
 	done; mv $(BENCH_OUT).tmp $(BENCH_OUT); echo "wrote $(BENCH_OUT)"
 
 clean:
