@@ -8,7 +8,7 @@ Stages, in order (`--stages` picks some; each can run alone once its inputs exis
     teacher   demo: build a tiny GPT-2 teacher and train it briefly on the embedded corpus, and build the
               tiny Detoxify-format scorer; reproduce: nothing (GPT-2 and Detoxify come from the hub)
     prompts   curate the toxicity prompt sets with `compfair-prompts` into the data dir (the demo also
-              puts its bundled StereoSet and WinoBias samples there)
+              puts its bundled StereoSet and WinoBias samples and its held-out perplexity text there)
     distill   `compress/distill.py` for each student (A, B, Bnot, C, D, Dnot)
     prune     `compress/prune.py` for each pruning data size
     evaluate  `lm_eval` on every model: the toxicity and bias tasks and a perplexity task, with
@@ -21,8 +21,8 @@ lm-eval exits successfully. Those units are skipped, so an interrupted run picks
 `--models` narrows the work to some models (the report still covers every evaluated model).
 
 `reproduce` is the paper's study on real models (hub access, a GPU); `demo` is the same pipeline
-offline on a tiny embedded default that finishes in minutes on a CPU. Neither has a model or a number
-built in that the other lacks: the demo only swaps the teacher, the data and the step counts.
+offline on a tiny embedded default that finishes in minutes on a CPU: it swaps the teacher, the data,
+the scorer and the step counts, and runs every step in this process to save their start-up time.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
         log("teacher: building the tiny Detoxify-format scorer")
         # Built in place: the checkpoint names its own folder as the model type, so it cannot move.
         tiny_models.build_tiny_detoxify(scorer.parent.resolve())
-    _write_demo_data(plan)
+    _write_training_text(plan)
     teacher = next(m for m in plan.models if m.kind == "teacher")
     if (Path(teacher.pretrained) / "teacher.json").is_file():
         log(f"teacher: {teacher.pretrained} is complete; skipped")
@@ -297,10 +297,19 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
         torch.set_num_threads(threads)
 
 
-def _write_demo_data(plan: Plan) -> None:
-    """The bundled samples, in the layout the tasks read, and the demo's training text and perplexity task."""
+def _write_training_text(plan: Plan) -> None:
+    """The demo's training text: the embedded corpus the tiny tokenizer is trained on, and a bundled page more."""
     from compress import tiny_models
 
+    source = resources.files("compress") / "demo_data"
+    plan.data_dir.mkdir(parents=True, exist_ok=True)
+    corpus = tiny_models.CORPUS + (source / "corpus.txt").read_text(encoding="utf-8")
+    (plan.data_dir / "corpus.txt").write_text(corpus, encoding="utf-8")
+
+
+def _write_evaluation_data(plan: Plan) -> None:
+    """The bundled StereoSet and WinoBias samples in the layout the tasks read, the held-out text, and the
+    perplexity task that reads it. Rewritten on every run: they are small and come from the package."""
     source = resources.files("compress") / "demo_data"
     data = plan.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -309,8 +318,6 @@ def _write_demo_data(plan: Plan) -> None:
         for item in (source / sub).iterdir():
             if item.is_file():
                 (data / sub / item.name).write_bytes(item.read_bytes())
-    corpus = tiny_models.CORPUS + (source / "corpus.txt").read_text(encoding="utf-8")
-    (data / "corpus.txt").write_text(corpus, encoding="utf-8")
     (data / "heldout.txt").write_text((source / "heldout.txt").read_text(encoding="utf-8"), encoding="utf-8")
     task = plan.runs / "tasks" / "compfair_demo_perplexity.yaml"
     task.parent.mkdir(parents=True, exist_ok=True)
@@ -367,6 +374,8 @@ def prompts_complete(plan: Plan) -> bool:
 
 
 def stage_prompts(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    if plan.name == "demo":
+        _write_evaluation_data(plan)
     if prompts_complete(plan):
         log(f"prompts: {plan.data_dir} is complete; skipped")
         return
