@@ -181,7 +181,7 @@ def distill_step_worker(args) -> dict:
     return {"seconds": min(times), "peak_mb": memory.mb, "teacher_seconds": min(teacher_times)}
 
 
-def kd_loss_worker(args, chunk_size: int) -> dict:
+def kd_loss_worker(args, chunk_size: int | None) -> dict:
     """Peak memory of the KD/CE loss alone (forward + backward), given the two models' logits."""
     from compress.distillation_trainer import distillation_logit_loss, next_token_targets
 
@@ -199,7 +199,7 @@ def kd_loss_worker(args, chunk_size: int) -> dict:
 
     def loss_forward_backward():
         loss, _, _ = distillation_logit_loss(student_logits, teacher_logits, targets, valid, 2.0, 4 * weight, weight,
-                                             chunk_size, args.compile_loss and chunk_size > 0)
+                                             chunk_size, args.compile_loss and chunk_size != 0)
         loss.backward()
         student_logits.grad = None
 
@@ -224,7 +224,8 @@ def main(argv=None):
     parser.add_argument("--vocab_size", type=int, default=50257)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=512)
-    parser.add_argument("--chunk_size", type=int, default=1024, help="kd_chunk_size of the distillation step")
+    parser.add_argument("--chunk_size", type=int, default=None,
+                        help="kd_chunk_size of the distillation step (default: the trainer's choice for the device)")
     parser.add_argument("--compile_loss", action="store_true", help="torch.compile the loss chunks (as compile_loss)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -236,6 +237,8 @@ def main(argv=None):
     distill = _in_fresh_process(distill_step_worker, args)
     chunked = _in_fresh_process(kd_loss_worker, args, args.chunk_size)
     unchunked = _in_fresh_process(kd_loss_worker, args, 0)
+
+    from compress.distillation_trainer import default_chunk_size
 
     tokens = args.batch_size * args.seq_len
     budget = student["seconds"] + distill["teacher_seconds"]
@@ -250,7 +253,7 @@ def main(argv=None):
         "batch_tokens": tokens,
         "vocab_size": args.vocab_size if not args.teacher else None,
         "bf16": args.bf16,
-        "kd_chunk_size": args.chunk_size,
+        "kd_chunk_size": args.chunk_size or default_chunk_size(_device(args.device), args.vocab_size),
         "compile_loss": args.compile_loss,
         "student_step_s": round(student["seconds"], 4),
         "teacher_forward_s": round(distill["teacher_seconds"], 4),

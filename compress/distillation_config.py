@@ -49,9 +49,10 @@ class DistillationConfig(TrainingArguments):
     alpha_ce: float = field(default=0.5, metadata={"help": "Weight of the student's next-token cross-entropy."})
     alpha_cos: float = field(
         default=0.0, metadata={"help": "Weight of the cosine loss between last hidden states (0 skips it)."})
-    kd_chunk_size: int = field(
-        default=1024, metadata={"help": "Token positions per chunk of the KD/CE loss, computed in fp32 a chunk at "
-                                        "a time with its gradient; 0: plain autograd in one piece."})
+    kd_chunk_size: int | None = field(
+        default=None, metadata={"help": "Token positions per chunk of the KD/CE loss, computed in fp32 a chunk at "
+                                        "a time with its gradient; 0: plain autograd in one piece; default: 1024 "
+                                        "on GPU, on CPU as many as fit 8 MiB of fp32 logits."})
     compile_loss: bool = field(
         default=False, metadata={"help": "Fuse each chunk of the KD/CE loss with torch.compile (faster, above all on "
                                          "GPU; the first steps spend about a minute compiling)."})
@@ -65,6 +66,6 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"{negative[0]} must be >= 0, got {weights[negative[0]]}")
         if not any(weights.values()):
             raise ValueError("alpha_kd, alpha_ce and alpha_cos are all 0: there is nothing to train on")
-        if self.kd_chunk_size < 0:
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 0:
             raise ValueError(f"kd_chunk_size must be >= 0, got {self.kd_chunk_size}")
         super().__post_init__()

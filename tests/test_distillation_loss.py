@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from compress.distillation_config import DistillationConfig
-from compress.distillation_trainer import DistillationTrainer, distillation_logit_loss, next_token_targets
+from compress.distillation_trainer import (
+    DistillationTrainer,
+    default_chunk_size,
+    distillation_logit_loss,
+    next_token_targets,
+)
 from compress.students import build_student
 
 
@@ -118,7 +123,7 @@ def test_chunked_loss_equals_plain_autograd_in_value_and_gradient(with_teacher):
     targets, valid = next_token_targets(labels, mask)
     assert valid.sum() == 3 * 10 - 1 - 4  # last position of each row, the ignored label, the padding
     results = []
-    for chunk in (0, 4, 5, 33, 1000):  # 0: plain autograd in one piece
+    for chunk in (0, 4, 5, 33, 1000, None):  # 0: plain autograd in one piece; None: the device's default
         loss, kd, ce = distillation_logit_loss(student_logits, teacher_logits, targets, valid, 2.0, 0.3, 0.7, chunk)
         (grad,) = torch.autograd.grad(loss * 1.5, student_logits)
         results.append((loss.detach(), kd, ce, grad))
@@ -131,6 +136,13 @@ def test_chunked_loss_equals_plain_autograd_in_value_and_gradient(with_teacher):
         assert torch.allclose(grad, reference[3], atol=1e-6)
     # Rows that do not count get no gradient.
     assert torch.count_nonzero(reference[3][2, -4:]) == 0 and torch.count_nonzero(reference[3][:, -1]) == 0
+
+
+def test_default_chunk_keeps_cpu_buffers_small_and_gpu_chunks_large():
+    rows = default_chunk_size(torch.device("cpu"), 50257)
+    assert rows * 50257 * 4 <= 8 << 20 < (rows + 1) * 50257 * 4
+    assert default_chunk_size(torch.device("cpu"), 10**7) == 1
+    assert default_chunk_size(torch.device("cuda"), 50257) == 1024
 
 
 def test_chunked_loss_keeps_the_gradient_in_the_logits_dtype():
