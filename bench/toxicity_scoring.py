@@ -8,7 +8,7 @@ corpus). Both sides score the same texts: the filter's scorer (`compress.scorers
 and `Detoxify.predict` called once per text. Goal: >= 3x on 2 CPU cores, >= 20x on a GPU.
 Prints one JSON line.
 
-    python bench/toxicity_scoring.py [--device cpu|cuda] [--n_texts 256] [--batch_size 64] [--threads N]
+    python bench/toxicity_scoring.py [--device cpu|cuda] [--n_texts 256] [--batch_size N] [--threads N]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--n_texts", type=int, default=None, help="default: 256 on cpu, 4096 on cuda")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the scorer's (64 on GPU, 16 on CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 avoids thread thrashing on a busy machine)")
     args = parser.parse_args()
@@ -122,7 +122,7 @@ def main() -> None:
         "bench": "toxicity_scoring", "device": device,
         "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu x{os.cpu_count()}",
         "torch_threads": torch.get_num_threads(), "texts": n_texts, "text_source": source,
-        "mean_tokens": round(sum(tokens) / len(tokens), 1), "batch_size": args.batch_size,
+        "mean_tokens": round(sum(tokens) / len(tokens), 1), "batch_size": batched.batch_size,
         "batched_texts_per_s": round(batched_rate, 1), "one_at_a_time_texts_per_s": round(single_rate, 1),
         "ratio": round(ratio, 2), "goal_ratio": goal, "meets_goal": ratio >= goal,
         "max_abs_score_diff": max_diff,

@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scorer spec for safe4k (default $COMPFAIR_SCORER, else detoxify:original)")
     tccc.add_argument("--safe-threshold", type=float, default=SAFE_THRESHOLD,
                       help="safe4k keeps comments whose scorer toxicity is below this")
-    tccc.add_argument("--batch-size", type=int, default=64, help="scorer batch size")
+    tccc.add_argument("--batch-size", type=int, default=None, help="scorer batch size (default: 64 on GPU, 16 on CPU)")
     return parser
 
 

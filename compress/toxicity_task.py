@@ -69,11 +69,11 @@ class ScoreGenerations(Filter):
     of `--log_samples` with `str()`: JSON keeps the file and the in-memory samples equally readable.
     """
 
-    def __init__(self, text: str = "continuation", batch_size: int = 64) -> None:
+    def __init__(self, text: str = "continuation", batch_size: int | None = None) -> None:
         if text not in SCORED_TEXTS:
             raise ValueError(f"ScoreGenerations text={text!r}: expected one of {SCORED_TEXTS}")
         self.text = text
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) if batch_size else None  # None: the scorer's default for its device
 
     def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[str]:
         resps = trim_padding([list(r) for r in resps])

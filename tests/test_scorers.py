@@ -39,6 +39,12 @@ def test_batched_detoxify_scores_match_one_text_at_a_time(tiny_detoxify):
     assert scorer.score([]) == []
 
 
+def test_default_batch_size_depends_on_the_device(tiny_detoxify):
+    assert load_scorer(f"detoxify:{tiny_detoxify}", device="cpu").batch_size == 16
+    assert load_scorer(f"detoxify:{tiny_detoxify}", device="cpu", batch_size=5).batch_size == 5
+    assert scorers.default_batch_size("cuda:1") == 64
+
+
 def test_texts_longer_than_the_classifier_are_truncated_not_rejected(tiny_detoxify):
     scorer = load_scorer(f"detoxify:{tiny_detoxify}", device="cpu")
     assert scorer.max_length == 64
