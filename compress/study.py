@@ -78,6 +78,7 @@ class Model:
     done_file: str | None = None  # written last by the trainer: its presence means the build is complete
     compare_with: str | None = None  # the baseline of a model that no trainer record names
     distilled: bool = False  # distilled elsewhere (a hub model): the report must be told
+    model_args: str = ""  # extra lm-eval --model_args for this model
 
 
 @dataclass
@@ -196,9 +197,13 @@ def reproduce_plan(args: argparse.Namespace) -> Plan:
         models.append(Model(f"DialoGPT-{size}", "baseline", f"microsoft/DialoGPT-{size}",
                             compare_with="DialoGPT-large"))
     models.append(Model("DialoGPT-large", "baseline", "microsoft/DialoGPT-large"))
+    # BlenderBot has 128 positions and lm-eval's seq2seq generation may run to prompt + max_gen_toks tokens:
+    # cap the encoder input at 128 - 20 so a long prompt cannot overrun the position table.
+    blenderbot_args = "max_length=108"
     models.append(Model("blenderbot-400M-distill", "baseline", "facebook/blenderbot-400M-distill", "seq2seq",
-                        compare_with="blenderbot-3B", distilled=True))
-    models.append(Model("blenderbot-3B", "baseline", "facebook/blenderbot-3B", "seq2seq"))
+                        compare_with="blenderbot-3B", distilled=True, model_args=blenderbot_args))
+    models.append(Model("blenderbot-3B", "baseline", "facebook/blenderbot-3B", "seq2seq",
+                        model_args=blenderbot_args))
 
     prompts = [Step("compress.prompts", ["rtp", "--source", args.rtp_source, "--out", str(data_dir)])]
     if args.tccc_train:
@@ -429,7 +434,7 @@ def stage_evaluate(plan: Plan, args: argparse.Namespace, models: list[Model]) ->
                              f"{'teacher' if model.kind == 'teacher' else 'distill or prune'} stage first")
         out = plan.eval_root / model.name
         model_args = f"pretrained={model.pretrained}" + (",backend=seq2seq" if model.backend == "seq2seq" else "")
-        model_args += f",{plan.model_args}" if plan.model_args else ""
+        model_args += "".join(f",{extra}" for extra in (model.model_args, plan.model_args) if extra)
         step = Step("lm_eval", ["--include_path", str(REPO / "lm_eval_tasks"), "--tasks", ",".join(batch.tasks),
                                 "--model", "hf", "--model_args", model_args, *plan.lm_eval_args, "--log_samples",
                                 "--output_path", str(out)], plan.lm_eval_launcher)

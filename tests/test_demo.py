@@ -161,6 +161,8 @@ def test_reproduce_plan_covers_the_papers_models_with_existing_configs():
     by_name = {m.name: m for m in plan.models}
     assert by_name["blenderbot-400M-distill"].backend == "seq2seq"
     assert by_name["blenderbot-400M-distill"].compare_with == "blenderbot-3B"
+    # BlenderBot's 128 positions must hold a prompt and its 20 generated tokens.
+    assert all(by_name[name].model_args == "max_length=108" for name in ("blenderbot-400M-distill", "blenderbot-3B"))
     for model in plan.models:
         if model.build is not None:
             config = Path(REPO / model.build.argv[0])
