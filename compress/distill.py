@@ -11,7 +11,6 @@ and `distillation.json`, a summary that the report reads.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_colla
 from transformers.trainer_utils import get_last_checkpoint
 
 from compress.arguments import parse_config_and_flags
+from compress.atomic_files import write_json_atomically
 from compress.distillation_config import DistillationConfig, StudentArguments
 from compress.distillation_trainer import DistillationTrainer, perplexity
 from compress.lm_data import DataArguments, build_lm_datasets
@@ -67,12 +67,6 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     if not os.path.isdir(value):
         raise SystemExit(f"error: resume_from_checkpoint {value} is not a checkpoint folder (or use 'auto')")
     return value
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,8 +14,6 @@ Error bars are the report's 95% intervals. Colours say how a model was made.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,18 +24,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from compress.atomic_files import replaced_atomically  # noqa: E402
+
 METHOD_COLORS = {"original": "#7f7f7f", "distillation": "#1f77b4", "head pruning": "#ff7f0e"}
 STEREOSET_COUNTS = (("stereotype_count", "stereotype"), ("anti_stereotype_count", "anti-stereotype"),
                     ("unrelated_count", "unrelated"))
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replaced_atomically(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from compress.atomic_files import write_atomically, write_json_atomically
 
 RTP_HUB = "allenai/real-toxicity-prompts"
 TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
@@ -239,22 +239,9 @@ def _read_jsonl(path: Path, expected: str) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write next to the target, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_prompt_set(out_dir: Path, name: str, records: Sequence[dict]) -> Path:
     path = Path(out_dir) / f"{name}.jsonl"
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
 
 
@@ -263,7 +250,7 @@ def update_manifest(out_dir: Path, section: str, content: dict) -> Path:
     path = Path(out_dir) / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     manifest[section] = content
-    _write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_json_atomically(path, manifest, sort_keys=True)
     return path
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
+from compress.atomic_files import write_json_atomically
 from compress.head_gates import (
     HeadGates,
     accumulate_gate_gradients,
@@ -53,12 +54,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_FILE = "pruning_progress.json"
 RECORD_FILE = "pruning.json"
 COMPACT_SUBDIR = "compact"
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class HeadPruningTrainer(Trainer):

@@ -28,9 +28,7 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -40,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compress import significance
+from compress.atomic_files import write_atomically
 from compress.eval_results import ModelRun, find_model_runs, read_doc_values
 
 Z95 = 1.959963984540054
@@ -703,14 +702,6 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
 
 
 # ---------------------------------------------------------------- writing
-
-
-def write_atomically(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as out:
-        out.write(text.encode("utf-8") if isinstance(text, str) else text)
-    os.replace(tmp, path)
 
 
 def _csv_text(header: list[str], rows: list[list]) -> str:

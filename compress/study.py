@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from compress.atomic_files import write_json_atomically
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("teacher", "prompts", "distill", "prune", "evaluate", "report")
 STUDENTS = ("A", "B", "Bnot", "C", "D", "Dnot")
@@ -266,13 +268,6 @@ def demo_plan(args: argparse.Namespace) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
