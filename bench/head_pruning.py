@@ -24,7 +24,8 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from compress.head_gates import HeadGates, accumulate_gate_gradients, finish_importance
-from compress.head_pruning import compact_from_masked, count_parameters, heads_to_prune, select_heads_to_prune
+from compress.head_pruning import compact_from_masked, heads_to_prune, select_heads_to_prune
+from compress.students import count_parameters
 
 GOAL_IMPORTANCE_OVERHEAD = 0.15
 GOAL_FRACTION_OF_PREDICTED = 0.80

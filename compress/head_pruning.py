@@ -143,11 +143,6 @@ def portable_from_compact(compact: CompactGPT2LMHeadModel) -> GPT2LMHeadModel:
     return portable.train(compact.training)
 
 
-def count_parameters(model) -> int:
-    """Distinct parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def heads_per_layer(model) -> list[int]:
     return [attn.num_heads for attn in attention_blocks(model)]
 

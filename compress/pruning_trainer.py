@@ -39,7 +39,6 @@ from compress.head_gates import (
 )
 from compress.head_pruning import (
     compact_from_masked,
-    count_parameters,
     forward_flops,
     forward_seconds,
     heads_to_prune,
@@ -48,6 +47,7 @@ from compress.head_pruning import (
     select_heads_to_prune,
 )
 from compress.pruning_config import PruningConfig
+from compress.students import count_parameters
 
 logger = logging.getLogger(__name__)
 
