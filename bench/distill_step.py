@@ -91,7 +91,7 @@ class PeakMemory:
 def _models(args, device):
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-    from compress.students import build_student
+    from compress.models.students import build_student
 
     torch.manual_seed(0)
     if args.teacher:
@@ -148,8 +148,8 @@ def student_step_worker(args) -> dict:
 
 def distill_step_worker(args) -> dict:
     """A step of `DistillationTrainer.compute_loss`, then the teacher's forward alone."""
-    from compress.distillation_config import DistillationConfig
-    from compress.distillation_trainer import DistillationTrainer
+    from compress.distillation.config import DistillationConfig
+    from compress.distillation.trainer import DistillationTrainer
 
     device = _device(args.device)
     teacher, student = _models(args, device)
@@ -183,7 +183,7 @@ def distill_step_worker(args) -> dict:
 
 def kd_loss_worker(args, chunk_size: int | None) -> dict:
     """Peak memory of the KD/CE loss alone (forward + backward), given the two models' logits."""
-    from compress.distillation_trainer import distillation_logit_loss, next_token_targets
+    from compress.distillation.trainer import distillation_logit_loss, next_token_targets
 
     device = _device(args.device)
     vocab = args.vocab_size if not args.teacher else 50257
@@ -238,7 +238,7 @@ def main(argv=None):
     chunked = _in_fresh_process(kd_loss_worker, args, args.chunk_size)
     unchunked = _in_fresh_process(kd_loss_worker, args, 0)
 
-    from compress.distillation_trainer import default_chunk_size
+    from compress.distillation.trainer import default_chunk_size
 
     tokens = args.batch_size * args.seq_len
     budget = student["seconds"] + distill["teacher_seconds"]

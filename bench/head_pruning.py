@@ -23,9 +23,9 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from compress.head_gates import HeadGates, accumulate_gate_gradients, finish_importance
-from compress.head_pruning import compact_from_masked, heads_to_prune, select_heads_to_prune
-from compress.students import count_parameters
+from compress.models.students import count_parameters
+from compress.pruning.head_gates import HeadGates, accumulate_gate_gradients, finish_importance
+from compress.pruning.head_pruning import compact_from_masked, heads_to_prune, select_heads_to_prune
 
 GOAL_IMPORTANCE_OVERHEAD = 0.15
 GOAL_FRACTION_OF_PREDICTED = 0.80

@@ -4,7 +4,7 @@ The classifier is a BERT-base-sized Detoxify-format checkpoint (12 blocks, 768 w
 weights, which cost the same compute as trained ones; its WordPiece vocabulary is trained on the texts so
 token counts are realistic. The texts are what the toxicity tasks score: RealToxicityPrompts continuations
 alone and prompt + continuation (from ../shared/data/rtp when present, else sentences from the embedded
-corpus). Both sides score the same texts: the filter's scorer (`compress.scorers`, length-sorted batches)
+corpus). Both sides score the same texts: the filter's scorer (`compress.toxicity.scorers`, length-sorted batches)
 and `Detoxify.predict` called once per text. Goal: >= 3x on 2 CPU cores, >= 20x on a GPU.
 Prints one JSON line.
 
@@ -34,7 +34,7 @@ def bench_texts(n: int) -> tuple[list[str], str]:
         pairs = [(r["prompt"]["text"], r["continuation"]["text"]) for r in records]
         source = "RealToxicityPrompts sample"
     else:
-        from compress.tiny_models import corpus_lines
+        from compress.common.tiny_models import corpus_lines
 
         lines = corpus_lines()
         pairs = [(rng.choice(lines), " " + rng.choice(lines)) for _ in range(n)]
@@ -49,7 +49,7 @@ def build_classifier(out_dir: Path, texts: list[str]) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    from compress.tiny_models import TOXICITY_CLASSES
+    from compress.common.tiny_models import TOXICITY_CLASSES
 
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=30522, min_frequency=1)
@@ -96,7 +96,7 @@ def main() -> None:
     import torch
     from detoxify import Detoxify
 
-    from compress.scorers import load_scorer
+    from compress.toxicity.scorers import load_scorer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,7 +3,7 @@
     accelerate launch [--config_file trainer_configs/accelerate/single_gpu.yaml] \\
         compress/distill.py trainer_configs/distill/A.yaml [--field value ...]
 
-Any field of `StudentArguments`, `compress.lm_data.DataArguments` or `DistillationConfig` (which
+Any field of `StudentArguments`, `compress.common.lm_data.DataArguments` or `DistillationConfig` (which
 extends `transformers.TrainingArguments`) can be set in the YAML file or overridden by a flag.
 The output directory receives the best student (a standard Hugging Face checkpoint), its tokenizer,
 and `distillation.json`, a summary that the report reads.
@@ -11,18 +11,26 @@ and `distillation.json`, a summary that the report reads.
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`accelerate launch compress/distill.py`), Python puts compress/ itself first on sys.path,
+    # where our subpackages (common, models, ...) would shadow libraries of the same name. The project root
+    # goes there instead, so `compress` imports as the package it is and nothing of ours shadows a library.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import os
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from compress.arguments import parse_config_and_flags
-from compress.atomic_files import write_json_atomically
-from compress.distillation_config import DistillationConfig, StudentArguments
-from compress.distillation_trainer import DistillationTrainer, perplexity
-from compress.lm_data import DataArguments, build_lm_datasets
-from compress.students import build_student, count_parameters
+from compress.common.arguments import parse_config_and_flags
+from compress.common.atomic_files import write_json_atomically
+from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.distillation.config import DistillationConfig, StudentArguments
+from compress.distillation.trainer import DistillationTrainer, perplexity
+from compress.models.students import build_student, count_parameters
 
 SUMMARY_FILE = "distillation.json"
 

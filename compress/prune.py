@@ -12,13 +12,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`accelerate launch compress/prune.py`), Python puts compress/ itself first on sys.path,
+    # where our subpackages (common, models, ...) would shadow libraries of the same name. The project root
+    # goes there instead, so `compress` imports as the package it is and nothing of ours shadows a library.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from compress.arguments import parse_config_and_flags
-from compress.head_gates import check_supported
-from compress.lm_data import DataArguments, build_lm_datasets
-from compress.pruning_config import PruningConfig
-from compress.pruning_trainer import RECORD_FILE, HeadPruningTrainer
+from compress.common.arguments import parse_config_and_flags
+from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.pruning.config import PruningConfig
+from compress.pruning.head_gates import check_supported
+from compress.pruning.trainer import RECORD_FILE, HeadPruningTrainer
 
 
 def load_model_and_tokenizer(config: PruningConfig):

@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from compress import tiny_models  # noqa: E402
+from compress.common import tiny_models  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("COMPFAIR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import pytest
 from transformers import AutoTokenizer
 
-from compress.arguments import parse_config_and_flags
-from compress.lm_data import DataArguments, build_lm_datasets
+from compress.common.arguments import parse_config_and_flags
+from compress.common.lm_data import DataArguments, build_lm_datasets
 
 
 @dataclass

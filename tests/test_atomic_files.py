@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from compress.atomic_files import replaced_atomically, write_atomically, write_json_atomically
+from compress.common.atomic_files import replaced_atomically, write_atomically, write_json_atomically
 
 
 def test_writes_text_bytes_and_json_into_new_folders(tmp_path):

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from compress import bias_data
-from compress.bias_data import BiasDataError
+from compress.bias import data as bias_data
+from compress.bias.data import BiasDataError
 
 LABELS = ("stereotype", "anti-stereotype", "unrelated")
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from compress import bias_metrics as bm
+from compress.bias import metrics as bm
 
 
 def item(target, domain, stereo, anti, unrelated):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from compress import bias_data, bias_requests
+from compress.bias import data as bias_data
+from compress.bias import requests as bias_requests
 
 
 @pytest.fixture(scope="module")

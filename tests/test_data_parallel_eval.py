@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.prompts import main as curate_prompts
+from compress.toxicity.prompts import main as curate_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = "compfair_winobias,compfair_stereoset_intrasentence,compfair_tox4k"
@@ -26,7 +26,7 @@ LIKELIHOOD_TASKS = ["compfair_winobias_type1_dev", "compfair_winobias_type2_test
 def data_dir(tmp_path_factory, tiny_gpt2, tiny_detoxify):
     """The bundled demo samples: official-format bias files and TCCC prompts curated by compfair-prompts."""
     root = tmp_path_factory.mktemp("dp-data")
-    demo = resources.files("compress") / "demo_data"
+    demo = resources.files("compress.study") / "demo_data"
     for name in ("stereoset", "winobias"):
         shutil.copytree(demo / name, root / name)
     curate_prompts(["tccc", "--source", str(demo / "tccc_train.csv"), "--out", str(root), "--n", "5",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from compress import study
+from compress.study import runner as study
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODELS = ("teacher", "A", "Dnot", "pruned_8")

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from compress import tiny_models
-from compress.arguments import parse_config_and_flags
+from compress.common import tiny_models
+from compress.common.arguments import parse_config_and_flags
+from compress.common.lm_data import DataArguments
 from compress.distill import main
-from compress.distillation_config import DistillationConfig, StudentArguments
-from compress.distillation_trainer import DistillationTrainer
-from compress.lm_data import DataArguments
+from compress.distillation.config import DistillationConfig, StudentArguments
+from compress.distillation.trainer import DistillationTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"teacher", "student_layers", "kept_layers", "init_from_teacher", "teacher_parameters",

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from compress.distillation_config import DistillationConfig
-from compress.distillation_trainer import (
+from compress.distillation.config import DistillationConfig
+from compress.distillation.trainer import (
     DistillationTrainer,
     default_chunk_size,
     distillation_logit_loss,
     next_token_targets,
 )
-from compress.students import build_student
+from compress.models.students import build_student
 
 
 def _no_dropout(model):

@@ -7,7 +7,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from compress import tiny_models
+from compress.common import tiny_models
 
 
 def test_offline_switches_are_on():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from compress.head_gates import HeadGates, check_supported, head_importance
+from compress.pruning.head_gates import HeadGates, check_supported, head_importance
 
 LAYERS, HEADS, WIDTH = 4, 4, 32  # the default tiny GPT-2
 HEAD_DIM = WIDTH // HEADS

@@ -6,15 +6,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
-from compress.head_gates import HeadGates
-from compress.head_pruning import (
+from compress.models.students import count_parameters
+from compress.pruning.head_gates import HeadGates
+from compress.pruning.head_pruning import (
     compact_from_masked,
     heads_per_layer,
     heads_to_prune,
     portable_from_compact,
     select_heads_to_prune,
 )
-from compress.students import count_parameters
 
 
 def _iterate(importance_fn, layers=12, heads=12, fraction=0.05, iterations=3, target_heads=None):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from compress import prompts
-from compress.prompts import PromptSourceError, main
+from compress.toxicity import prompts
+from compress.toxicity.prompts import PromptSourceError, main
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_tccc_cli_writes_three_sets_with_their_thresholds(tccc_file, gpt2_tokeni
     assert {name: len(rows) for name, rows in sets.items()} == {"tox4k": 20, "random4k": 20, "safe4k": 20}
     assert all(row["comment_toxic"] == 1 == frame["toxic"].iat[row["source_index"]] for row in sets["tox4k"])
     assert all(row["comment_toxicity"] < 0.02 for row in sets["safe4k"])
-    from compress.scorers import load_scorer
+    from compress.toxicity.scorers import load_scorer
 
     rescored = load_scorer(scorer_spec, device="cpu").score(
         [frame["comment_text"].iat[row["source_index"]] for row in sets["safe4k"]])

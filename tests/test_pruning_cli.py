@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from compress import prune, tiny_models
-from compress.arguments import parse_config_and_flags
-from compress.head_gates import HeadGates
-from compress.lm_data import DataArguments, build_lm_datasets
-from compress.pruning_config import PruningConfig
-from compress.pruning_trainer import PROGRESS_FILE, HeadPruningTrainer
+from compress import prune
+from compress.common import tiny_models
+from compress.common.arguments import parse_config_and_flags
+from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.pruning.config import PruningConfig
+from compress.pruning.head_gates import HeadGates
+from compress.pruning.trainer import PROGRESS_FILE, HeadPruningTrainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer_configs" / "prune"
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from report_fixtures import write_lm_eval_run
 
-from compress import report as rep
-from compress.eval_results import find_model_runs
+from compress.report import aggregations, cli
+from compress.report import build as rep
+from compress.report.results import find_model_runs
 
 N_DOCS = 40
 RESAMPLES = ["--resamples", "1000"]
@@ -66,7 +67,7 @@ def study(tmp_path_factory):
                                          "parameter_count": {"unpruned": 5000, "pruned": 4500}}))
     write_lm_eval_run(root / "eval" / "pruned", pruned, tasks(shift=-0.02, ppl_scale=1.1), num_parameters=5000)
     out = root / "report"
-    assert rep.main([str(p) for p in sorted((root / "eval").iterdir())] + ["--out", str(out)] + RESAMPLES) == 0
+    assert cli.main([str(p) for p in sorted((root / "eval").iterdir())] + ["--out", str(out)] + RESAMPLES) == 0
     return {"root": root, "out": out, "scores": scores, "perplexity": perplexity}
 
 
@@ -212,21 +213,21 @@ def test_bad_input_gives_one_line_errors(tmp_path, problem, message):
     else:
         extra = ["--compare", "nobody=good"]
     with pytest.raises(SystemExit) as exit_info:
-        rep.main([str(target), "--out", str(tmp_path / "out")] + extra)
+        cli.main([str(target), "--out", str(tmp_path / "out")] + extra)
     assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
 
 
 def test_vectorised_stereoset_aggregation_equals_the_reference_function():
-    """The report's vectorised StereoSet statistic gives exactly what compress.bias_metrics computes, on the
+    """The report's vectorised StereoSet statistic gives exactly what compress.bias.metrics computes, on the
     data and on every resample (same resamples through both)."""
-    bias_metrics = pytest.importorskip("compress.bias_metrics")
-    from compress import significance
+    bias_metrics = pytest.importorskip("compress.bias.metrics")
+    from compress.report import significance
 
     rng = random.Random(1)
     items = [bias_metrics.stereoset_item(f"target{rng.randint(0, 9)}", rng.choice(bias_metrics.DOMAINS),
                                          {label: rng.random() for label in bias_metrics.LABELS}) for _ in range(80)]
     metrics = ["ss", "lms", "icat", "ss_gender", "lms_race", "icat_religion", "ss_profession"]
-    fast, reference = rep.stereoset_aggregation(metrics), rep.stereoset_statistic(metrics)
+    fast, reference = aggregations.stereoset_aggregation(metrics), aggregations.stereoset_statistic(metrics)
     assert fast.outputs == reference.outputs == tuple(metrics)
     prepared = significance.prepare_values(fast, items)
     assert significance.evaluate_all(fast, prepared) == pytest.approx(significance.evaluate_all(reference, items))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from detoxify import Detoxify
 
-from compress import scorers
-from compress.scorers import ScorerError, load_scorer
-from compress.tiny_models import TOXICITY_CLASSES, corpus_lines
+from compress.common.tiny_models import TOXICITY_CLASSES, corpus_lines
+from compress.toxicity import scorers
+from compress.toxicity.scorers import ScorerError, load_scorer
 
 TEXTS = [
     "You are a stupid idiot and nobody likes you.",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from compress import significance as sig
+from compress.report import significance as sig
 
 
 @pytest.fixture

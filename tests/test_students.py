@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from compress.students import build_student, count_parameters, parse_layer_selection, select_layers
+from compress.models.students import build_student, count_parameters, parse_layer_selection, select_layers
 
 
 def test_uniform_selection_matches_distilgpt2_and_keeps_both_ends():

@@ -11,10 +11,10 @@ from detoxify import Detoxify
 from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer
 
-from compress import toxicity_metrics
-from compress.prompts import PromptSourceError, main
-from compress.tiny_models import TOXIC_WORDS, corpus_lines
-from compress.toxicity_task import ScoreGenerations, trim_padding
+from compress.common.tiny_models import TOXIC_WORDS, corpus_lines
+from compress.toxicity import metrics as toxicity_metrics
+from compress.toxicity.prompts import PromptSourceError, main
+from compress.toxicity.task import ScoreGenerations, trim_padding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS_DIR = os.path.join(REPO, "lm_eval_tasks")
@@ -170,7 +170,7 @@ def test_per_prompt_thresholds_and_the_sum_or_mean_rule():
 
 
 def test_filter_scores_all_generations_of_a_task_in_one_call(tiny_detoxify, tiny_gpt2, monkeypatch):
-    from compress import scorers
+    from compress.toxicity import scorers
 
     scorer = scorers.load_scorer(f"detoxify:{tiny_detoxify}", device="cpu")
     calls = []

@@ -1,8 +1,8 @@
-"""What the bias task YAMLs reference; the work is done in compress.bias_task (documents, the shared-request
-task class, per-document results) and compress.bias_metrics (the official metric definitions)."""
+"""What the bias task YAMLs reference; the work is done in compress.bias.task (documents, the shared-request
+task class, per-document results) and compress.bias.metrics (the official metric definitions)."""
 
-from compress.bias_metrics import sum_stderr  # noqa: F401  (names the YAMLs reference)
-from compress.bias_task import (  # noqa: F401
+from compress.bias.metrics import sum_stderr  # noqa: F401  (names the YAMLs reference)
+from compress.bias.task import (  # noqa: F401
     SharedRequestTask,
     StereoSetAggregate,
     stereoset_docs,

@@ -1,7 +1,7 @@
-"""Thin glue between the task YAMLs in this folder and `compress/` (see compress/toxicity_task.py)."""
+"""Thin glue between the task YAMLs in this folder and `compress/` (see compress/toxicity/task.py)."""
 
-from compress.toxicity_metrics import total
-from compress.toxicity_task import ScoreGenerations, process_results, prompt_docs
+from compress.toxicity.metrics import total
+from compress.toxicity.task import ScoreGenerations, process_results, prompt_docs
 
 __all__ = ["ScoreGenerations", "process_results", "total", "rtp", "tox4k", "random4k", "safe4k"]
 

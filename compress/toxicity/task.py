@@ -27,8 +27,9 @@ from collections.abc import Iterable
 
 from lm_eval.api.filter import Filter
 
-from compress import prompts, toxicity_metrics
-from compress.scorers import load_scorer, resolve_spec
+from compress.toxicity import metrics as toxicity_metrics
+from compress.toxicity import prompts
+from compress.toxicity.scorers import load_scorer, resolve_spec
 
 log = logging.getLogger(__name__)
 SCORED_TEXTS = ("continuation", "prompt_and_continuation")

@@ -5,18 +5,18 @@ Run settings come from lm-eval's metadata, which holds `--metadata` and the `--m
 
     data_dir         --metadata data_dir, else $COMPFAIR_DATA_DIR: reads <data_dir>/stereoset/dev.json and
                      <data_dir>/winobias/ (the official files); without one, the hub copies
-    stereoset_file   --metadata stereoset_file: any StereoSet file `compress.bias_data` reads, instead
+    stereoset_file   --metadata stereoset_file: any StereoSet file `compress.bias.data` reads, instead
     tokenizer        --model_args tokenizer / pretrained: StereoSet cuts first tokens and counts tokens with it
 
 A document lists its sentences, each with the (context, continuation) requests whose log-likelihoods add up to
-its score (`compress.bias_requests`). `SharedRequestTask` requests every distinct pair once per process and
+its score (`compress.bias.requests`). `SharedRequestTask` requests every distinct pair once per process and
 hands each document the sums per sentence.
 
 Per-document values (what `--log_samples` records under each metric name):
 
     StereoSet  ss, lms, icat and their per-domain forms (ss_gender, ...): the self-describing item
                {"target", "domain", "stereotype", "anti-stereotype", "unrelated"} of sentence scores
-               (per-token geometric-mean probabilities); `compress.bias_metrics.stereoset_scores(items)`
+               (per-token geometric-mean probabilities); `compress.bias.metrics.stereoset_scores(items)`
                turns a list of them into the official numbers. The three counts: 0 or 1.
     WinoBias   anti_count (0/1, summed), anti_rate, pro_rate, bias_gap (percent, averaged).
 
@@ -34,7 +34,9 @@ from collections.abc import Sequence
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
-from compress import bias_data, bias_metrics, bias_requests
+from compress.bias import data as bias_data
+from compress.bias import metrics as bias_metrics
+from compress.bias import requests as bias_requests
 
 log = logging.getLogger(__name__)
 

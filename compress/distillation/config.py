@@ -1,7 +1,7 @@
 """Arguments of a distillation run: which student to build, and how to train it.
 
-Parsed with `HfArgumentParser` from a YAML file plus `--field value` flags (`compress/arguments.py`),
-together with `compress.lm_data.DataArguments`. Field names follow `run_clm.py` where it has one.
+Parsed with `HfArgumentParser` from a YAML file plus `--field value` flags (`compress/common/arguments.py`),
+together with `compress.common.lm_data.DataArguments`. Field names follow `run_clm.py` where it has one.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from compress.students import parse_layer_selection
+from compress.models.students import parse_layer_selection
 
 
 @dataclass

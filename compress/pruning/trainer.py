@@ -29,15 +29,17 @@ from tqdm.auto import tqdm
 from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
-from compress.atomic_files import write_json_atomically
-from compress.head_gates import (
+from compress.common.atomic_files import write_json_atomically
+from compress.models.students import count_parameters
+from compress.pruning.config import PruningConfig
+from compress.pruning.head_gates import (
     HeadGates,
     accumulate_gate_gradients,
     check_supported,
     finish_importance,
     sequence_token_losses,
 )
-from compress.head_pruning import (
+from compress.pruning.head_pruning import (
     compact_from_masked,
     forward_flops,
     forward_seconds,
@@ -46,8 +48,6 @@ from compress.head_pruning import (
     portable_from_compact,
     select_heads_to_prune,
 )
-from compress.pruning_config import PruningConfig
-from compress.students import count_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from compress.atomic_files import write_atomically, write_json_atomically
+from compress.common.atomic_files import write_atomically, write_json_atomically
 
 RTP_HUB = "allenai/real-toxicity-prompts"
 TCCC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
@@ -306,7 +306,7 @@ def curate_rtp(args) -> dict:
 
 
 def curate_tccc(args) -> dict:
-    from compress.scorers import ScorerError, load_scorer, resolve_spec
+    from compress.toxicity.scorers import ScorerError, load_scorer, resolve_spec
 
     tokenizer = load_tokenizer(args.tokenizer)
     frame = read_tccc(args.source)

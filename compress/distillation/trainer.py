@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, Trainer
 
-from compress.distillation_config import DistillationConfig
+from compress.distillation.config import DistillationConfig
 
 IGNORE_INDEX = -100
 

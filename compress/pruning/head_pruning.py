@@ -17,8 +17,8 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from compress.compact_gpt2 import CompactGPT2Config, CompactGPT2LMHeadModel
-from compress.head_gates import attention_blocks
+from compress.models.compact_gpt2 import CompactGPT2Config, CompactGPT2LMHeadModel
+from compress.pruning.head_gates import attention_blocks
 
 
 def heads_to_prune(remaining: int, fraction: float, target_heads: int | None = None) -> int:

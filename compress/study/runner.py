@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from compress.atomic_files import write_json_atomically
+from compress.common.atomic_files import write_json_atomically
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGES = ("teacher", "prompts", "distill", "prune", "evaluate", "report")
 STUDENTS = ("A", "B", "Bnot", "C", "D", "Dnot")
 PRUNE_SUBSETS = (256, 1280, 2560, 5120, 12800)
@@ -58,7 +58,7 @@ DEMO_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 class Step:
     """One unit of work: a module's command line, run in its own process or, in the demo, in this one."""
 
-    module: str  # compress.distill, compress.prune, compress.prompts, compress.report or lm_eval
+    module: str  # compress.distill, compress.prune, compress.toxicity.prompts, compress.report.cli or lm_eval
     argv: list[str]
     launcher: list[str] = field(default_factory=lambda: [sys.executable])
     script: bool = False  # launched as a file (compress/distill.py), as `accelerate launch` wants
@@ -207,9 +207,9 @@ def reproduce_plan(args: argparse.Namespace) -> Plan:
     models.append(Model("blenderbot-3B", "baseline", "facebook/blenderbot-3B", "seq2seq",
                         model_args=blenderbot_args))
 
-    prompts = [Step("compress.prompts", ["rtp", "--source", args.rtp_source, "--out", str(data_dir)])]
+    prompts = [Step("compress.toxicity.prompts", ["rtp", "--source", args.rtp_source, "--out", str(data_dir)])]
     if args.tccc_train:
-        prompts.append(Step("compress.prompts", ["tccc", "--source", args.tccc_train, "--out", str(data_dir)]))
+        prompts.append(Step("compress.toxicity.prompts", ["tccc", "--source", args.tccc_train, "--out", str(data_dir)]))
     data_env = {"COMPFAIR_DATA_DIR": str(data_dir.resolve())}
     # StereoSet and WinoBias come from the hub unless the data dir holds the official files.
     has_bias_files = (data_dir / "stereoset" / "dev.json").is_file() and (data_dir / "winobias").is_dir()
@@ -250,11 +250,11 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 "--train_file", str(corpus), "--validation_split_percentage", "10", "--block_size",
                 str(args.block_size), "--num_samples", str(subset), "--per_device_eval_batch_size", "16",
                 "--output_dir", str(out), *cpu], script=True)))
-    source = resources.files("compress") / "demo_data"
+    source = resources.files("compress.study") / "demo_data"
     prompts = [
-        Step("compress.prompts", ["rtp", "--source", str(source / "rtp_prompts.jsonl"), "--out", str(data_dir),
+        Step("compress.toxicity.prompts", ["rtp", "--source", str(source / "rtp_prompts.jsonl"), "--out", str(data_dir),
                                   "--n", str(args.rtp_prompts), "--tokenizer", str(teacher)]),
-        Step("compress.prompts", ["tccc", "--source", str(source / "tccc_train.csv"), "--out", str(data_dir),
+        Step("compress.toxicity.prompts", ["tccc", "--source", str(source / "tccc_train.csv"), "--out", str(data_dir),
                                   "--n", str(args.tccc_prompts), "--tokenizer", str(teacher),
                                   "--scorer", f"detoxify:{scorer}", "--safe-threshold", "0.05"]),
     ]
@@ -274,7 +274,7 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
     if plan.name != "demo":
         log("teacher: gpt2 and the Detoxify scorer come from the hub; nothing to build")
         return
-    from compress import tiny_models
+    from compress.common import tiny_models
 
     scorer = plan.runs / "scorer" / "tiny-detoxify.ckpt"
     if not scorer.is_file():  # the checkpoint is written after its config and tokenizer
@@ -300,9 +300,9 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
 
 def _write_training_text(plan: Plan) -> None:
     """The demo's training text: the embedded corpus the tiny tokenizer is trained on, and a bundled page more."""
-    from compress import tiny_models
+    from compress.common import tiny_models
 
-    source = resources.files("compress") / "demo_data"
+    source = resources.files("compress.study") / "demo_data"
     plan.data_dir.mkdir(parents=True, exist_ok=True)
     corpus = tiny_models.CORPUS + (source / "corpus.txt").read_text(encoding="utf-8")
     (plan.data_dir / "corpus.txt").write_text(corpus, encoding="utf-8")
@@ -311,7 +311,7 @@ def _write_training_text(plan: Plan) -> None:
 def _write_evaluation_data(plan: Plan) -> None:
     """The bundled StereoSet and WinoBias samples in the layout the tasks read, the held-out text, and the
     perplexity task that reads it. Rewritten on every run: they are small and come from the package."""
-    source = resources.files("compress") / "demo_data"
+    source = resources.files("compress.study") / "demo_data"
     data = plan.data_dir
     data.mkdir(parents=True, exist_ok=True)
     for sub in ("stereoset", "winobias"):
@@ -339,8 +339,8 @@ def train_demo_teacher(out: Path, corpus: Path, steps: int, block_size: int, see
 
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from compress import tiny_models
-    from compress.lm_data import DataArguments, build_lm_datasets
+    from compress.common import tiny_models
+    from compress.common.lm_data import DataArguments, build_lm_datasets
 
     building = out.with_name(out.name + ".tmp")
     if building.exists():
@@ -359,7 +359,7 @@ def train_demo_teacher(out: Path, corpus: Path, steps: int, block_size: int, see
     trainer.save_model(str(building))
     tokenizer.save_pretrained(building)
     shutil.rmtree(building / "checkpoints", ignore_errors=True)
-    record = {"model": "tiny GPT-2 (compress.tiny_models)", "n_layer": 12, "n_head": 12, "n_embd": 48,
+    record = {"model": "tiny GPT-2 (compress.common.tiny_models)", "n_layer": 12, "n_head": 12, "n_embd": 48,
               "train_file": str(corpus), "steps": steps, "block_size": block_size, "train_loss": result.training_loss,
               "eval_loss": metrics["eval_loss"], "perplexity": math.exp(metrics["eval_loss"]), "seed": seed}
     write_json_atomically(building / "teacher.json", record)
@@ -452,7 +452,7 @@ def stage_report(plan: Plan, args: argparse.Namespace, models: list[Model]) -> N
             argv += ["--distilled", m.name]
     if args.resamples:
         argv += ["--resamples", str(args.resamples)]
-    run_step(Step("compress.report", argv), f"report on {len(evaluated)} models", plan.env, plan.in_process)
+    run_step(Step("compress.report.cli", argv), f"report on {len(evaluated)} models", plan.env, plan.in_process)
     log(f"report: open {plan.report_dir / 'summary.md'}")
 
 

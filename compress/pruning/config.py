@@ -1,7 +1,7 @@
 """Settings of an iterative head-pruning run: `TrainingArguments` (batch sizes, precision, output_dir,
 and the optimiser settings of the optional LoRA recovery) plus the pruning fields, TRL-style.
 
-Data fields (`dataset_name`, `train_file`, `block_size`, ...) live in `compress.lm_data.DataArguments`.
+Data fields (`dataset_name`, `train_file`, `block_size`, ...) live in `compress.common.lm_data.DataArguments`.
 """
 
 from __future__ import annotations

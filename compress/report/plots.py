@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from compress.atomic_files import replaced_atomically  # noqa: E402
+from compress.common.atomic_files import replaced_atomically  # noqa: E402
 
 METHOD_COLORS = {"original": "#7f7f7f", "distillation": "#1f77b4", "head pruning": "#ff7f0e"}
 STEREOSET_COUNTS = (("stereotype_count", "stereotype"), ("anti_stereotype_count", "anti-stereotype"),

@@ -1,0 +1,59 @@
+"""`compfair-report RESULTS_DIR... --out REPORT_DIR`: build the report (`compress.report.build`) and write it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compress.report import significance
+from compress.report.build import build_report
+from compress.report.writing import write_report
+
+
+def _pair(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected MODEL=BASELINE, got {text!r}")
+    model, baseline = text.split("=", 1)
+    return model.strip(), baseline.strip()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="compfair-report", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                        help="lm-eval --output_path directories (searched recursively for results_*.json)")
+    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="where the report is written")
+    parser.add_argument("--compare", type=_pair, action="append", default=[], metavar="MODEL=BASELINE",
+                        help="also test MODEL against BASELINE (names as in the report); repeatable")
+    parser.add_argument("--distilled", action="append", default=[], metavar="MODEL",
+                        help="MODEL was distilled elsewhere (e.g. distilgpt2): not a reference in the perplexity-"
+                             "matched comparison; repeatable")
+    parser.add_argument("--correction", choices=sorted(significance.CORRECTIONS), default="bh",
+                        help="multiple-comparison correction: bh = Benjamini-Hochberg (default), holm = Holm")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level after correction")
+    parser.add_argument("--resamples", type=int, default=None,
+                        help=f"bootstrap and permutation resamples (default {significance.DEFAULT_RESAMPLES}; "
+                             f"{significance.RECORD_RESAMPLES} for per-record metrics such as StereoSet's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    if not 0 < args.alpha < 1:
+        parser.error(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.resamples is not None and args.resamples < 1:
+        parser.error(f"--resamples must be positive, got {args.resamples}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = build_report(args.results_dirs, dict(args.compare), args.correction, args.alpha, args.resamples,
+                          args.seed, args.distilled)
+    written = write_report(report, args.out, make_plots=not args.no_plots)
+    significant = sum(c.significant for c in report.comparisons)
+    print(f"report for {len(report.models)} models in {args.out}: {len(written)} files; "
+          f"{significant} of {len(report.comparisons)} paired comparisons significant", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

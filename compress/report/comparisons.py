@@ -1,0 +1,65 @@
+"""Each model against its baseline on the same documents: paired bootstrap, permutation p, correction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from compress.report import significance
+from compress.report.estimates import MetricGroup, doc_values
+from compress.report.models import ModelInfo
+from compress.report.results import ModelRun
+
+
+@dataclass
+class Comparison:
+    model: str
+    baseline: str
+    task: str
+    metric: str
+    filter: str
+    value: float
+    baseline_value: float
+    diff: float
+    low: float
+    high: float
+    p_value: float
+    n: int
+    p_adjusted: float = math.nan
+    significant: bool = False
+
+
+def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo], groups: list[MetricGroup],
+                           resamples: int | None, seed: int, notes: list[str]) -> list[Comparison]:
+    comparisons = []
+    pairs = [(name, info.baseline) for name, info in infos.items() if info.baseline]
+    for name, baseline in tqdm(pairs, desc="paired tests", unit="model", disable=None):
+        for group in groups:
+            mine = doc_values(runs[name], group.task, group.source, group.filter)
+            theirs = doc_values(runs[baseline], group.task, group.source, group.filter)
+            if mine is None or theirs is None:
+                continue
+            shared = sorted(set(mine) & set(theirs))
+            if len(shared) < len(mine) or len(shared) < len(theirs):
+                notes.append(f"{name} vs {baseline} on {group.task}: {len(shared)} shared documents of {len(mine)} "
+                             f"and {len(theirs)}; the tests use the shared ones")
+            if len(shared) < 2:
+                continue
+            results = significance.paired_comparisons([mine[k] for k in shared], [theirs[k] for k in shared],
+                                                      group.statistic, resamples, seed=seed)
+            for metric, result in zip(group.metrics, results):
+                if math.isnan(result.p_value):
+                    continue
+                comparisons.append(Comparison(name, baseline, group.task, metric, group.filter, result.value,
+                                              result.baseline, result.diff, result.low, result.high, result.p_value,
+                                              result.n))
+    return comparisons
+
+
+def apply_correction(items: list, method: str, alpha: float) -> None:
+    adjusted = significance.correct([item.p_value for item in items], method)
+    for item, p in zip(items, adjusted):
+        item.p_adjusted = p
+        item.significant = bool(p < alpha)

@@ -1,0 +1,149 @@
+"""How each model in the results was made (method, baseline, shape, size), from its config and trainer record."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compress.report.results import ModelRun
+
+METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2}
+
+
+@dataclass
+class ModelInfo:
+    """How a model was made, and its size."""
+
+    name: str
+    model: str
+    method: str  # original | distillation | head pruning
+    baseline: str | None = None  # the name of the model it is compared against
+    baseline_source: str | None = None  # where that came from: distillation.json, pruning.json, --compare
+    init: str | None = None  # distillation: teacher | random
+    blocks: int | None = None
+    heads: int | None = None
+    parameters: int | None = None
+    perplexity: float | None = None
+    perplexity_source: str | None = None
+    trainer_perplexity: float | None = None
+    prune_subset: int | None = None
+    heads_per_iteration: list = field(default_factory=list)
+    perplexity_per_iteration: list = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.method == "distillation" and self.init:
+            return f"{self.name} ({self.blocks} blocks, {self.init} init)"
+        if self.method == "head pruning":
+            return f"{self.name} (pruned to {self.heads} heads)"
+        return self.name
+
+
+def _config_shape(config: dict | None) -> tuple[int | None, int | None]:
+    """(blocks, attention heads) from a config.json, for GPT-2-style and encoder-decoder models."""
+    if not config:
+        return None, None
+    layers = config.get("n_layer") or config.get("num_hidden_layers")
+    heads = config.get("n_head") or config.get("num_attention_heads")
+    if layers is None and config.get("decoder_layers") is not None:  # encoder-decoder: count both stacks
+        layers = config.get("encoder_layers", 0) + config["decoder_layers"]
+        heads_total = (config.get("encoder_layers", 0) * config.get("encoder_attention_heads", 0)
+                       + config["decoder_layers"] * config.get("decoder_attention_heads", 0))
+        return layers, heads_total or None
+    kept = config.get("kept_heads")
+    if isinstance(kept, list) and all(isinstance(h, list) for h in kept):  # compact pruned GPT-2: heads per layer
+        return layers or len(kept), sum(len(h) for h in kept)
+    if isinstance(heads, list):
+        return layers or len(heads), int(sum(heads))
+    return layers, (layers * heads if layers and heads else None)
+
+
+def _hub_config(model: str) -> dict | None:
+    """The config of a hub model from the local cache only (lm-eval downloaded it); never the network."""
+    if Path(model).exists():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model, local_files_only=True).to_dict()
+    except Exception:  # not cached, or not a transformers model: the shape stays unknown
+        return None
+
+
+def describe_model(run: ModelRun) -> ModelInfo:
+    info = ModelInfo(run.name, run.model, "original", parameters=run.num_parameters)
+    config = run.config if run.config is not None else _hub_config(run.model)
+    info.blocks, info.heads = _config_shape(config)
+    if run.distillation:
+        record = run.distillation
+        info.method = "distillation"
+        info.blocks = record.get("student_layers", info.blocks)
+        info.init = "teacher" if record.get("init_from_teacher", True) else "random"
+        info.parameters = record.get("student_parameters") or info.parameters
+        info.trainer_perplexity = _finite(record.get("perplexity"))
+        info.baseline = record.get("teacher")
+        info.baseline_source = "distillation.json"
+    elif run.pruning:
+        record = run.pruning
+        info.method = "head pruning"
+        heads = record.get("heads_per_iteration") or []
+        info.heads_per_iteration = list(heads)
+        info.heads = heads[-1] if heads else info.heads
+        info.perplexity_per_iteration = list(record.get("perplexity_per_iteration") or [])
+        if info.perplexity_per_iteration:
+            info.trainer_perplexity = _finite(info.perplexity_per_iteration[-1])
+        counts = record.get("parameter_count")
+        if isinstance(counts, dict) and counts.get("pruned"):
+            info.parameters = counts["pruned"]
+        info.prune_subset = record.get("num_samples")
+        info.baseline = record.get("model_name_or_path")
+        info.baseline_source = "pruning.json"
+    return info
+
+
+def _finite(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _same_model(reference: str, run: ModelRun) -> bool:
+    """Whether a teacher named in a trainer record is this run's model (hub name or path)."""
+    if reference in (run.model, run.name):
+        return True
+    ref, own = Path(reference).expanduser(), Path(run.model).expanduser()
+    if ref.exists() and own.exists():
+        return ref.resolve() == own.resolve()
+    return False
+
+
+def resolve_baselines(infos: dict[str, ModelInfo], runs: dict[str, ModelRun], pairs: dict[str, str],
+                      notes: list[str]) -> None:
+    """Turn each trainer record's teacher into the name of a model in the report, or drop it with a note."""
+    for name, info in infos.items():
+        if name in pairs:
+            info.baseline, info.baseline_source = pairs[name], "--compare"
+            continue
+        if info.baseline is None:
+            continue
+        match = [other for other, run in runs.items() if other != name and _same_model(info.baseline, run)]
+        if match:
+            info.baseline = match[0]
+        else:
+            notes.append(f"{name}: its {info.baseline_source} names {info.baseline!r} as the model it came from, "
+                         "which is not among the results; no paired test for it")
+            info.baseline = None
+    for model, baseline in pairs.items():
+        if model not in infos or baseline not in infos:
+            missing = model if model not in infos else baseline
+            raise SystemExit(f"error: --compare {model}={baseline}: no model named {missing!r} in the results "
+                             f"(models: {', '.join(sorted(infos))})")
+
+
+def families(infos: dict[str, ModelInfo]) -> dict[str, list[str]]:
+    """'all' models, and each baseline with the models compared against it."""
+    groups = {"all": list(infos)}
+    for name, info in infos.items():
+        if info.baseline:
+            groups.setdefault(f"{info.baseline} family", [info.baseline]).append(name)
+    # A family that is every model says nothing that 'all' does not.
+    return {k: v for k, v in groups.items() if k == "all" or set(v) != set(infos)}
