@@ -153,12 +153,30 @@ def check_stereoset_metrics(results, task):
     return scored
 
 
+def fixture_sentence(line):
+    """A WinoBias fixture line as the text a model reads: the line number and the [mention] brackets dropped."""
+    return " ".join(line.split(" ", 1)[1].replace("[", "").replace("]", "").split())
+
+
 def check_winobias_metrics(results):
+    """Recompute every WinoBias metric; pro and anti are read off the fixture files, not the documents' labels.
+
+    Returns {task: [(pro log-likelihood, anti log-likelihood)] in the fixture's line order}.
+    """
     pairs_by_task = {}
     for task in WINOBIAS_TASKS:
+        pro_lines, anti_lines = WINOBIAS[task.removeprefix("compfair_winobias_")]
+        fixture = [(fixture_sentence(p), fixture_sentence(a)) for p, a in zip(pro_lines, anti_lines, strict=True)]
         samples = results["samples"][task]
         table = loglik_table(samples)
-        pairs = [(lls["pro"], lls["anti"]) for lls in (sentence_logliks(s, table) for s in samples)]
+        by_text = {}
+        for sample in samples:
+            for sentence in sample["doc"]["sentences"]:
+                by_text[sentence["text"]] = (sentence["label"], sum(table[tuple(r)] for r in sentence["requests"]))
+        assert set(by_text) == {text for pair in fixture for text in pair}, task
+        # the label each document gives a sentence is the file the fixture wrote it to
+        assert all(by_text[p][0] == "pro" and by_text[a][0] == "anti" for p, a in fixture), task
+        pairs = [(by_text[p][1], by_text[a][1]) for p, a in fixture]
         metrics = results["results"][task]
         anti = [a > p for p, a in pairs]
         pro = [p > a for p, a in pairs]
@@ -171,6 +189,8 @@ def check_winobias_metrics(results):
             assert isinstance(metrics["anti_count_stderr,none"], float)
         pairs_by_task[task] = pairs
     every_pair = [pair for pairs in pairs_by_task.values() for pair in pairs]
+    # a swap of pro and anti would go unseen if the model preferred each as often as the other
+    assert sum(p > a for p, a in every_pair) != sum(a > p for p, a in every_pair)
     group = results["results"]["compfair_winobias"]
     assert group["anti_rate,none"] == pytest.approx(100.0 * np.mean([a > p for p, a in every_pair]))
     assert group["bias_gap,none"] == pytest.approx(100.0 * np.mean([(p > a) - (a > p) for p, a in every_pair]))
@@ -227,6 +247,15 @@ def test_causal_bias_tasks_match_the_official_definitions(tiny_gpt2, data_dir):
             for label, text in zip(LABELS, row[3:], strict=True):
                 official = candidate_score(model, tokenizer, row[2], text)
                 assert math.log(scores[label]) == pytest.approx(math.log(official), abs=1e-6)
+        # WinoBias: each fixture sentence's total log-likelihood after <|endoftext|>, pro and anti by file
+        for task, task_pairs in pairs.items():
+            pro_lines, anti_lines = WINOBIAS[task.removeprefix("compfair_winobias_")]
+            for (pro, anti), pro_line, anti_line in zip(task_pairs, pro_lines, anti_lines, strict=True):
+                for logged, line in ((pro, pro_line), (anti, anti_line)):
+                    tokens = [tokenizer.bos_token_id, *tokenizer.encode(fixture_sentence(line))]
+                    logits = model(torch.tensor([tokens])).logits[0, :-1]
+                    direct = torch.log_softmax(logits, -1)[torch.arange(len(tokens) - 1), tokens[1:]].sum().item()
+                    assert logged == pytest.approx(direct, abs=1e-4), line
 
     # Every (context, continuation) was requested once: the shared first-token terms ("The", "She", ...) and
     # the sentence two examples share were not repeated, so there are fewer requests than sentence terms.
