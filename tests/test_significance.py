@@ -1,5 +1,6 @@
 """The statistics on constructed cases whose answer is known."""
 
+import itertools
 import math
 
 import numpy as np
@@ -44,6 +45,31 @@ def test_paired_p_value_agrees_with_the_paired_t_test_on_a_large_sample():
     result = sig.paired_comparison(other, base, sig.MEAN, resamples=5000)
     expected = stats.ttest_rel(other, base).pvalue
     assert result.p_value == pytest.approx(expected, abs=0.02)
+
+
+def exact_two_sided_sign_flip_p(differences):
+    """All 2^n sign flips of the per-document differences: the share whose mean is as far from 0 as observed."""
+    d = np.asarray(differences, dtype=float)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    flipped = np.abs(signs @ d)
+    return float(np.mean(flipped >= abs(d.sum()) - 1e-12))
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["above", "below"])
+def test_permutation_p_is_two_sided_and_matches_full_enumeration(direction):
+    """12 documents, 4096 sign flips enumerated: a model above its baseline and one below get the same p."""
+    rng = np.random.default_rng(11)
+    base = rng.random(12)
+    # 9 documents one way, 3 the other, distinct sizes: neither a certain nor a hopeless difference
+    differences = direction * np.array([0.31, 0.12, 0.27, -0.09, 0.18, 0.22, -0.15, 0.05, 0.36, -0.21, 0.14, 0.08])
+    model = base + differences
+    exact = exact_two_sided_sign_flip_p(model - base)
+    assert 0.05 < exact < 0.2  # precondition: a one-sided test would give about half of this, or near 1 below
+    result = sig.paired_comparison(model, base, sig.MEAN, resamples=20_000)
+    assert result.diff == pytest.approx(float(np.mean(differences)))
+    assert (result.diff < 0) == (direction < 0)
+    # 20,000 resamples: standard error of the estimate about 0.0025
+    assert result.p_value == pytest.approx(exact, abs=0.01)
 
 
 def test_bootstrap_interval_of_a_mean_matches_the_normal_interval():
