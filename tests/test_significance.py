@@ -124,8 +124,39 @@ def test_spearman_exact_for_small_samples_and_scipy_for_large():
     assert large.rho == pytest.approx(reference.statistic)
     assert large.p_value == pytest.approx(reference.pvalue)
     assert large.low < large.rho < large.high
+    # scipy's p for n > 8 is the t approximation: recompute it by hand
+    t = large.rho * math.sqrt((25 - 2) / (1 - large.rho ** 2))
+    assert large.p_value == pytest.approx(2 * stats.t.sf(abs(t), 25 - 2), rel=1e-6)
     assert math.isnan(sig.spearman([1, 2], [3, 4]).rho)
     assert math.isnan(sig.spearman([1, 2, 3], [5, 5, 5]).rho)
+
+
+def test_spearman_exact_p_and_fisher_z_interval_by_hand():
+    """n = 5, not perfectly ordered: rho from the d^2 formula, p from all 120 orderings, Bonett-Wright interval."""
+    x, y = [10, 20, 30, 40, 50], [2.0, 1.0, 4.0, 3.0, 5.0]
+    result = sig.spearman(x, y)
+    n = 5
+
+    def rho_of(ranks):  # no ties: 1 - 6 sum d^2 / (n (n^2 - 1))
+        return 1 - 6 * sum((i + 1 - r) ** 2 for i, r in enumerate(ranks)) / (n * (n * n - 1))
+
+    rho = rho_of([2, 1, 4, 3, 5])
+    assert rho == pytest.approx(0.8)
+    assert result.rho == pytest.approx(rho) and result.n == 5 and result.exact
+    as_extreme = sum(abs(rho_of(perm)) >= abs(rho) - 1e-12 for perm in itertools.permutations(range(1, 6)))
+    assert result.p_value == pytest.approx(as_extreme / 120)
+    assert result.p_value < 1 and as_extreme > 2  # not the perfect-order case
+    # Fisher z with Bonett and Wright's standard error sqrt((1 + rho^2 / 2) / (n - 3))
+    z, se = math.atanh(rho), math.sqrt((1 + rho ** 2 / 2) / (n - 3))
+    assert (result.low, result.high) == pytest.approx((math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)),
+                                                      rel=1e-5)
+    # n = 25 uses the same interval
+    rng = np.random.default_rng(6)
+    a, b = rng.random(25), rng.random(25)
+    large = sig.spearman(a, b)
+    z, se = math.atanh(large.rho), math.sqrt((1 + large.rho ** 2 / 2) / 22)
+    assert (large.low, large.high) == pytest.approx((math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)),
+                                                    rel=1e-5)
 
 
 def test_paired_values_must_cover_the_same_documents():
