@@ -79,8 +79,23 @@ def test_bootstrap_interval_of_a_mean_matches_the_normal_interval():
     assert interval.value == pytest.approx(values.mean())
     assert interval.low == pytest.approx(values.mean() - half, rel=0.01)
     assert interval.high == pytest.approx(values.mean() + half, rel=0.01)
+    # the endpoints sit near 0.5 either way; the half-width tells 95% (1.96 sd) from 90% (1.64) or 80% (1.28)
+    assert (interval.high - interval.low) / 2 == pytest.approx(half, rel=0.05)
     summed = sig.bootstrap_interval(values, sig.SUM, resamples=4000)
     assert summed.low == pytest.approx(interval.low * len(values))
+
+
+def test_bootstrap_interval_covers_the_true_mean_95_percent_of_the_time():
+    """1000 samples of 100 uniform values (true mean 0.5): the 95% interval should hold 0.5 in about 950 of them
+    (a percentile bootstrap runs slightly under its level at this size; a 90% interval would hold it ~900 times)."""
+    rng = np.random.default_rng(12)
+    trials = 1000
+    covered = 0
+    for _ in range(trials):
+        interval = sig.bootstrap_interval(rng.random(100), sig.MEAN, resamples=1000)
+        covered += interval.low <= 0.5 <= interval.high
+    # binomial standard error at 0.95: 0.007; the band is [0.925, 0.970]
+    assert 0.925 <= covered / trials <= 0.97, covered
 
 
 def test_perplexity_aggregation_is_lm_evals_weighted_perplexity():
