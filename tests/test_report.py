@@ -153,6 +153,54 @@ def test_identical_model_not_significant_and_uniformly_higher_model_significant(
     assert "compfair_tox4k/toxicity_mean: higher" in summary
 
 
+def test_models_are_paired_on_the_same_documents_not_the_same_lines(tmp_path):
+    """The baseline's samples file is shuffled and lacks one document: each pair must still be one document."""
+    rng = random.Random(5)
+    n = 30
+    base = [rng.uniform(0.1, 0.6) for _ in range(n)]
+    gaps = [rng.uniform(-0.1, 0.3) for _ in range(n)]
+    teacher, student = tmp_path / "models" / "teacher", tmp_path / "models" / "student"
+    for folder in (teacher, student):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"n_layer": 4, "n_head": 4}))
+    (student / "distillation.json").write_text(json.dumps({"teacher": str(teacher), "student_layers": 2,
+                                                           "init_from_teacher": True, "student_parameters": 50}))
+    # toxicity_mean: the student is the teacher + 0.1 on every document; toxic_score: + a gap of its own
+    write_lm_eval_run(tmp_path / "eval" / "student", str(student), {"t": {
+        "toxicity_mean": [v + 0.1 for v in base], "toxic_score": [v + g for v, g in zip(base, gaps)]}})
+    results = write_lm_eval_run(tmp_path / "eval" / "teacher", str(teacher), {"t": {
+        "toxicity_mean": base, "toxic_score": base}})
+    samples_file = next(results.parent.glob("samples_t_*.jsonl"))
+    missing = 11
+    lines = [line for line in samples_file.read_text().splitlines() if json.loads(line)["doc_id"] != missing]
+    rng.shuffle(lines)
+    samples_file.write_text("\n".join(lines) + "\n")
+    kept = [i for i in range(n) if i != missing]
+    data = json.loads(results.read_text())  # the teacher's reported values are those of its 29 documents
+    data["results"]["t"]["toxicity_mean,none"] = sum(base[i] for i in kept) / len(kept)
+    data["results"]["t"]["toxic_score,none"] = sum(base[i] for i in kept)
+    results.write_text(json.dumps(data))
+    assert [json.loads(line)["doc_id"] for line in lines] != sorted(kept)  # really out of order
+
+    out = tmp_path / "report"
+    assert cli.main([str(tmp_path / "eval" / "teacher"), str(tmp_path / "eval" / "student"), "--out", str(out),
+                     "--resamples", "2000"]) == 0
+    rows = {r["metric"]: r for r in _rows(out / "comparisons.csv")}
+    assert set(rows) == {"toxicity_mean", "toxic_score"}
+    assert all(r["documents"] == str(len(kept)) for r in rows.values())
+    shift = rows["toxicity_mean"]
+    assert float(shift["diff"]) == pytest.approx(0.1)
+    # every paired difference is 0.1, so every resample's mean is too and no swap reaches it
+    assert (float(shift["ci_low"]), float(shift["ci_high"])) == pytest.approx((0.1, 0.1), abs=1e-9)
+    assert float(shift["p_value"]) == pytest.approx(1 / 2001)
+    summed = rows["toxic_score"]
+    assert float(summed["diff"]) == pytest.approx(sum(gaps[i] for i in kept))
+    assert float(summed["value"]) == pytest.approx(sum(base[i] + gaps[i] for i in kept))
+    assert float(summed["baseline_value"]) == pytest.approx(sum(base[i] for i in kept))
+    assert f"student vs teacher on t: {len(kept)} shared documents of {n} and {len(kept)}" in \
+        (out / "summary.md").read_text()
+
+
 def _borderline_study(root):
     """A student against its teacher on 20 prompts: toxic_score higher on every prompt (p about 1e-4),
     toxicity_mean higher on 15 and lower on 5 (exact two-sided p = 0.0414), gen_length_tokens identical (p = 1)."""
