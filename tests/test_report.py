@@ -254,6 +254,24 @@ def test_intervals_use_the_aggregation_that_reproduces_each_metric(study, tmp_pa
 def test_size_correlation_and_perplexity_matched_line(study):
     correlations = _rows(study["out"] / "correlations.csv")
     assert {r["family"] for r in correlations} == {"all"}
+    # rho, n and the exact p (all 4! orderings, as the report does for n <= 8) recomputed by scipy from the
+    # parameter counts and the values in summary.csv
+    summary = {row["model"]: row for row in _rows(study["out"] / "summary.csv")}
+    checked = 0
+    for row in correlations:
+        column = f"{row['task']}/{row['metric']}"
+        present = [m for m in summary if summary[m]["parameters"] and summary[m].get(column) not in (None, "")]
+        x = [float(summary[m]["parameters"]) for m in present]
+        y = [float(summary[m][column]) for m in present]
+        assert int(row["models"]) == len(present) == 4, column
+        expected = stats.spearmanr(x, y)
+        assert float(row["rho"]) == pytest.approx(expected.statistic, abs=1e-12), column
+        exact = stats.permutation_test((x, y), lambda a, b: stats.spearmanr(a, b).statistic,
+                                       permutation_type="pairings", n_resamples=math.inf)
+        assert float(row["p_value"]) == pytest.approx(exact.pvalue, rel=1e-9), column
+        checked += 1
+    assert checked == len(correlations) >= 4
+    assert any(abs(float(r["rho"])) > 0.5 for r in correlations)  # a sign flip would show
     matched = [r for r in _rows(study["out"] / "perplexity_matched.csv") if r["metric"] == "toxic_score"]
     assert {r["model"] for r in matched} == {"teacher", "copy", "toxic", "pruned"}
     # The reference line is fitted on the two non-distilled models only; recompute it independently.
