@@ -125,6 +125,15 @@ def official_stereoset(examples):
     return {"ss": ss, "lms": lms, "icat": lms * min(ss, 100 - ss) / 50.0}
 
 
+def bootstrap_stderr(chosen, resamples=2000, seed=1):
+    """Standard deviation of official_stereoset over documents resampled with replacement (this test's own
+    bootstrap: another generator and count than the task's, so the two agree to within resampling noise)."""
+    rng = np.random.default_rng(seed)
+    replicates = [official_stereoset([chosen[i] for i in rng.integers(0, len(chosen), len(chosen))])
+                  for _ in range(resamples)]
+    return {name: float(np.std([r[name] for r in replicates], ddof=1)) for name in ("ss", "lms", "icat")}
+
+
 def check_stereoset_metrics(results, task):
     samples = results["samples"][task]
     table = loglik_table(samples)
@@ -141,15 +150,23 @@ def check_stereoset_metrics(results, task):
     for domain in (None, "gender", "profession", "race", "religion"):
         chosen = [(t, s) for t, d, s in scored if domain in (None, d)]
         expected = official_stereoset(chosen) if chosen else dict.fromkeys(("ss", "lms", "icat"), math.nan)
+        bootstrap = bootstrap_stderr(chosen) if len(chosen) > 1 else None  # a bootstrap needs two documents
         for name, value in expected.items():
             key = name if domain is None else f"{name}_{domain}"
             assert metrics[f"{key},none"] == pytest.approx(value, nan_ok=True), key
-            stderr = metrics[f"{key}_stderr,none"]  # a bootstrap needs two documents
-            assert stderr >= 0 if len(chosen) > 1 else math.isnan(stderr), key
+            stderr = metrics[f"{key}_stderr,none"]
+            if bootstrap is None:
+                assert math.isnan(stderr), key
+            else:  # 1000 and 2000 resamples: each estimate is within a few percent of the exact bootstrap's
+                assert stderr == pytest.approx(bootstrap[name], rel=0.1, abs=1e-9), key
     tops = Counter(max(LABELS, key=lambda label, s=s: (s[label], -LABELS.index(label))) for _, _, s in scored)
     for label, name in zip(LABELS, ("stereotype_count", "anti_stereotype_count", "unrelated_count"), strict=True):
         assert metrics[f"{name},none"] == tops[label]
-        assert isinstance(metrics[f"{name}_stderr,none"], float)
+        # a sum of n independent 0/1 values: sqrt(n) x their sample standard deviation
+        indicators = [float(max(LABELS, key=lambda lab, s=s: (s[lab], -LABELS.index(lab))) == label)
+                      for _, _, s in scored]
+        assert metrics[f"{name}_stderr,none"] == pytest.approx(
+            math.sqrt(len(indicators)) * np.std(indicators, ddof=1)), name
     return scored
 
 
@@ -184,9 +201,10 @@ def check_winobias_metrics(results):
         assert metrics["anti_rate,none"] == pytest.approx(100.0 * np.mean(anti))
         assert metrics["pro_rate,none"] == pytest.approx(100.0 * np.mean(pro))
         assert metrics["bias_gap,none"] == pytest.approx(100.0 * (np.mean(pro) - np.mean(anti)))
-        if len(pairs) > 1:
-            assert isinstance(metrics["anti_rate_stderr,none"], float)
-            assert isinstance(metrics["anti_count_stderr,none"], float)
+        if len(pairs) > 1:  # lm-eval's stderr of a mean, and sqrt(n) x sd for the count
+            assert metrics["anti_rate_stderr,none"] == pytest.approx(
+                100.0 * np.std(anti, ddof=1) / math.sqrt(len(anti)))
+            assert metrics["anti_count_stderr,none"] == pytest.approx(math.sqrt(len(anti)) * np.std(anti, ddof=1))
         pairs_by_task[task] = pairs
     every_pair = [pair for pairs in pairs_by_task.values() for pair in pairs]
     # a swap of pro and anti would go unseen if the model preferred each as often as the other
