@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from compress.common.arguments import parse_config_and_flags
-from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.common.lm_data import DataArguments, build_lm_datasets, load_raw_datasets
 
 
 @dataclass
@@ -80,6 +80,26 @@ def test_max_train_samples_and_fraction(tmp_path, tiny_gpt2):
                                  tok)["train"]) == 3
     half = build_lm_datasets(DataArguments(train_file=str(path), block_size=8, dataset_fraction=0.5), tok)
     assert len(half["train"]) < 0.7 * len(full["train"])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_dataset_fraction_keeps_int_n_times_fraction_documents(tmp_path, tiny_gpt2, fraction):
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    path, lines = _docs(tmp_path)
+    n = len(lines)
+    # without a validation file the kept documents are then split into train and validation
+    raw = load_raw_datasets(DataArguments(train_file=str(path), dataset_fraction=fraction), seed=3)
+    kept = list(raw["train"]["text"]) + list(raw["validation"]["text"])
+    assert len(kept) == int(n * fraction) and len(set(kept)) == len(kept) and set(kept) <= set(lines)
+    # with one, the training split is exactly the kept documents, and its blocks are theirs
+    validation = tmp_path / "validation.txt"
+    validation.write_text("The weather was cold.\n")
+    args = DataArguments(train_file=str(path), validation_file=str(validation), dataset_fraction=fraction,
+                         block_size=8)
+    docs = list(load_raw_datasets(args, seed=3)["train"]["text"])
+    assert len(docs) == int(n * fraction) and set(docs) <= set(lines)
+    tokens = sum(len(tok(doc, add_special_tokens=False).input_ids) + 1 for doc in docs)  # +1: EOS per doc
+    assert len(build_lm_datasets(args, tok, seed=3)["train"]) == tokens // 8
 
 
 def test_jsonl_without_text_column_is_a_clear_error(tmp_path, tiny_gpt2):

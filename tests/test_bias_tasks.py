@@ -125,6 +125,15 @@ def official_stereoset(examples):
     return {"ss": ss, "lms": lms, "icat": lms * min(ss, 100 - ss) / 50.0}
 
 
+def bootstrap_stderr(chosen, resamples=2000, seed=1):
+    """Standard deviation of official_stereoset over documents resampled with replacement (this test's own
+    bootstrap: another generator and count than the task's, so the two agree to within resampling noise)."""
+    rng = np.random.default_rng(seed)
+    replicates = [official_stereoset([chosen[i] for i in rng.integers(0, len(chosen), len(chosen))])
+                  for _ in range(resamples)]
+    return {name: float(np.std([r[name] for r in replicates], ddof=1)) for name in ("ss", "lms", "icat")}
+
+
 def check_stereoset_metrics(results, task):
     samples = results["samples"][task]
     table = loglik_table(samples)
@@ -141,24 +150,50 @@ def check_stereoset_metrics(results, task):
     for domain in (None, "gender", "profession", "race", "religion"):
         chosen = [(t, s) for t, d, s in scored if domain in (None, d)]
         expected = official_stereoset(chosen) if chosen else dict.fromkeys(("ss", "lms", "icat"), math.nan)
+        bootstrap = bootstrap_stderr(chosen) if len(chosen) > 1 else None  # a bootstrap needs two documents
         for name, value in expected.items():
             key = name if domain is None else f"{name}_{domain}"
             assert metrics[f"{key},none"] == pytest.approx(value, nan_ok=True), key
-            stderr = metrics[f"{key}_stderr,none"]  # a bootstrap needs two documents
-            assert stderr >= 0 if len(chosen) > 1 else math.isnan(stderr), key
+            stderr = metrics[f"{key}_stderr,none"]
+            if bootstrap is None:
+                assert math.isnan(stderr), key
+            else:  # 1000 and 2000 resamples: each estimate is within a few percent of the exact bootstrap's
+                assert stderr == pytest.approx(bootstrap[name], rel=0.1, abs=1e-9), key
     tops = Counter(max(LABELS, key=lambda label, s=s: (s[label], -LABELS.index(label))) for _, _, s in scored)
     for label, name in zip(LABELS, ("stereotype_count", "anti_stereotype_count", "unrelated_count"), strict=True):
         assert metrics[f"{name},none"] == tops[label]
-        assert isinstance(metrics[f"{name}_stderr,none"], float)
+        # a sum of n independent 0/1 values: sqrt(n) x their sample standard deviation
+        indicators = [float(max(LABELS, key=lambda lab, s=s: (s[lab], -LABELS.index(lab))) == label)
+                      for _, _, s in scored]
+        assert metrics[f"{name}_stderr,none"] == pytest.approx(
+            math.sqrt(len(indicators)) * np.std(indicators, ddof=1)), name
     return scored
 
 
+def fixture_sentence(line):
+    """A WinoBias fixture line as the text a model reads: the line number and the [mention] brackets dropped."""
+    return " ".join(line.split(" ", 1)[1].replace("[", "").replace("]", "").split())
+
+
 def check_winobias_metrics(results):
+    """Recompute every WinoBias metric; pro and anti are read off the fixture files, not the documents' labels.
+
+    Returns {task: [(pro log-likelihood, anti log-likelihood)] in the fixture's line order}.
+    """
     pairs_by_task = {}
     for task in WINOBIAS_TASKS:
+        pro_lines, anti_lines = WINOBIAS[task.removeprefix("compfair_winobias_")]
+        fixture = [(fixture_sentence(p), fixture_sentence(a)) for p, a in zip(pro_lines, anti_lines, strict=True)]
         samples = results["samples"][task]
         table = loglik_table(samples)
-        pairs = [(lls["pro"], lls["anti"]) for lls in (sentence_logliks(s, table) for s in samples)]
+        by_text = {}
+        for sample in samples:
+            for sentence in sample["doc"]["sentences"]:
+                by_text[sentence["text"]] = (sentence["label"], sum(table[tuple(r)] for r in sentence["requests"]))
+        assert set(by_text) == {text for pair in fixture for text in pair}, task
+        # the label each document gives a sentence is the file the fixture wrote it to
+        assert all(by_text[p][0] == "pro" and by_text[a][0] == "anti" for p, a in fixture), task
+        pairs = [(by_text[p][1], by_text[a][1]) for p, a in fixture]
         metrics = results["results"][task]
         anti = [a > p for p, a in pairs]
         pro = [p > a for p, a in pairs]
@@ -166,11 +201,14 @@ def check_winobias_metrics(results):
         assert metrics["anti_rate,none"] == pytest.approx(100.0 * np.mean(anti))
         assert metrics["pro_rate,none"] == pytest.approx(100.0 * np.mean(pro))
         assert metrics["bias_gap,none"] == pytest.approx(100.0 * (np.mean(pro) - np.mean(anti)))
-        if len(pairs) > 1:
-            assert isinstance(metrics["anti_rate_stderr,none"], float)
-            assert isinstance(metrics["anti_count_stderr,none"], float)
+        if len(pairs) > 1:  # lm-eval's stderr of a mean, and sqrt(n) x sd for the count
+            assert metrics["anti_rate_stderr,none"] == pytest.approx(
+                100.0 * np.std(anti, ddof=1) / math.sqrt(len(anti)))
+            assert metrics["anti_count_stderr,none"] == pytest.approx(math.sqrt(len(anti)) * np.std(anti, ddof=1))
         pairs_by_task[task] = pairs
     every_pair = [pair for pairs in pairs_by_task.values() for pair in pairs]
+    # a swap of pro and anti would go unseen if the model preferred each as often as the other
+    assert sum(p > a for p, a in every_pair) != sum(a > p for p, a in every_pair)
     group = results["results"]["compfair_winobias"]
     assert group["anti_rate,none"] == pytest.approx(100.0 * np.mean([a > p for p, a in every_pair]))
     assert group["bias_gap,none"] == pytest.approx(100.0 * np.mean([(p > a) - (a > p) for p, a in every_pair]))
@@ -227,6 +265,15 @@ def test_causal_bias_tasks_match_the_official_definitions(tiny_gpt2, data_dir):
             for label, text in zip(LABELS, row[3:], strict=True):
                 official = candidate_score(model, tokenizer, row[2], text)
                 assert math.log(scores[label]) == pytest.approx(math.log(official), abs=1e-6)
+        # WinoBias: each fixture sentence's total log-likelihood after <|endoftext|>, pro and anti by file
+        for task, task_pairs in pairs.items():
+            pro_lines, anti_lines = WINOBIAS[task.removeprefix("compfair_winobias_")]
+            for (pro, anti), pro_line, anti_line in zip(task_pairs, pro_lines, anti_lines, strict=True):
+                for logged, line in ((pro, pro_line), (anti, anti_line)):
+                    tokens = [tokenizer.bos_token_id, *tokenizer.encode(fixture_sentence(line))]
+                    logits = model(torch.tensor([tokens])).logits[0, :-1]
+                    direct = torch.log_softmax(logits, -1)[torch.arange(len(tokens) - 1), tokens[1:]].sum().item()
+                    assert logged == pytest.approx(direct, abs=1e-4), line
 
     # Every (context, continuation) was requested once: the shared first-token terms ("The", "She", ...) and
     # the sentence two examples share were not repeated, so there are fewer requests than sentence terms.

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from compress.study import runner as study
 
@@ -133,6 +134,10 @@ def test_comparisons_pair_each_model_with_the_teacher_on_the_same_documents(demo
     for r in rows:
         assert 0 < float(r["p_value"]) <= 1 and float(r["p_adjusted"]) >= float(r["p_value"]) - 1e-12
         assert math.isfinite(float(r["diff"]))
+    # p_adjusted is Benjamini-Hochberg over every comparison of the report, computed here by scipy
+    expected = stats.false_discovery_control([float(r["p_value"]) for r in rows], method="bh")
+    assert [float(r["p_adjusted"]) for r in rows] == pytest.approx(list(expected), rel=1e-9)
+    assert [r["significant"] for r in rows] == [str(bool(p < 0.05)) for p in expected]
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+from scipy import stats
 
 from compress.toxicity import prompts
 from compress.toxicity.prompts import PromptSourceError, main
@@ -145,6 +146,21 @@ def test_tccc_sets_are_seed_stable_and_sample_independently(tccc_file, gpt2_toke
     assert ids["random4k"] != [r["id"] for r in other["random4k"]]
     # random4k is a uniform draw, so with 26 of 267 comments toxic it holds far fewer toxic ones than tox4k.
     assert sum(r["comment_toxic"] for r in first["random4k"]) < 15
+
+    # 100 of the 267 comments drawn without replacement: the toxic count is hypergeometric around 100 x 26/267
+    drawn = prompts.select_tccc(frame, gpt2_tokenizer, n=100, seed=5, sets=("random4k",))["random4k"]
+    assert len(drawn) == len({r["source_index"] for r in drawn}) == 100
+    assert all(r["comment_toxic"] == frame["toxic"].iat[r["source_index"]] for r in drawn)
+    population, toxic_total = len(frame), int(frame["toxic"].sum())
+    assert (population, toxic_total) == (267, 26)
+    share = stats.hypergeom(population, toxic_total, 100)
+    toxic_drawn = sum(r["comment_toxic"] for r in drawn)
+    assert share.ppf(0.001) <= toxic_drawn <= share.isf(0.001), toxic_drawn  # 4 ... 17 of 100
+    # Each set walks its own permutation. Were tox4k and random4k one walk, random4k's toxic comments would be
+    # the walk's first toxic ones: all inside tox4k's first 15, or all of tox4k inside them.
+    toxic_in_random = {r["source_index"] for r in drawn if r["comment_toxic"]}
+    tox15 = {r["source_index"] for r in first["tox4k"]}
+    assert not (toxic_in_random <= tox15 or tox15 <= toxic_in_random)
 
 
 def test_tccc_sizes_beyond_the_source(tccc_file, gpt2_tokenizer_dir, tmp_path):

@@ -163,10 +163,18 @@ def test_an_interrupted_run_resumes_after_its_last_iteration(tmp_path, tiny_gpt2
     monkeypatch.setattr(HeadPruningTrainer, "save_pruned", crash)
     with pytest.raises(KeyboardInterrupt):
         prune.main([config, "--iterations", "1"])
-    first = json.loads((tmp_path / "pruned" / PROGRESS_FILE).read_text())["record"]
+    progress = tmp_path / "pruned" / PROGRESS_FILE
+    interrupted = progress.read_text()
+    first = json.loads(interrupted)["record"]
     assert first["heads_per_iteration"] == [16, 12]
 
     monkeypatch.undo()
+    # The real progress file of the interrupted run refuses a rerun that would prune other heads
+    for changed in (["--prune_fraction", "0.5"], ["--seed", "7"]):
+        with pytest.raises(SystemExit, match="comes from a run with other settings") as refused:
+            prune.main([config, "--iterations", "2", *changed])
+        assert "\n" not in str(refused.value) and str(progress) in str(refused.value)
+        assert progress.read_text() == interrupted and not (tmp_path / "pruned" / "pruning.json").exists()
     passes = []
     original = HeadPruningTrainer.compute_head_importance
     monkeypatch.setattr(HeadPruningTrainer, "compute_head_importance",
@@ -177,10 +185,6 @@ def test_an_interrupted_run_resumes_after_its_last_iteration(tmp_path, tiny_gpt2
     assert record["kept_heads_per_iteration"][1] == first["kept_heads_per_iteration"][1]
     assert record["perplexity_per_iteration"][:2] == first["perplexity_per_iteration"]
     assert prune.main([config, "--iterations", "2"]) is None  # complete: nothing left to do
-    with pytest.raises(SystemExit, match="other settings"):
-        (tmp_path / "pruned" / "pruning.json").unlink()
-        (tmp_path / "pruned" / PROGRESS_FILE).write_text(json.dumps({"fingerprint": {}, "record": {}, "mask": []}))
-        prune.main([config, "--prune_fraction", "0.5"])
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from scipy import stats
 from report_fixtures import write_lm_eval_run
 
 from compress.report import aggregations, cli
@@ -76,6 +77,33 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
+def benjamini_hochberg_by_scipy(p_values):
+    return [float(p) for p in stats.false_discovery_control(p_values, method="bh")]
+
+
+def holm_by_definition(p_values):
+    """Holm's step-down: the i-th smallest p times (m - i + 1), made monotone by a running maximum."""
+    m = len(p_values)
+    ranked = sorted(range(m), key=lambda i: p_values[i])
+    steps = [min(1.0, (m - rank) * p_values[i]) for rank, i in enumerate(ranked)]
+    adjusted = [0.0] * m
+    for rank, i in enumerate(ranked):
+        adjusted[i] = max(steps[:rank + 1])
+    return adjusted
+
+
+def check_correction(path, correction="bh", alpha=0.05):
+    """p_adjusted in a comparisons.csv or correlations.csv is the correction, computed here, of its p_value column."""
+    rows = [r for r in _rows(path) if not math.isnan(float(r["p_value"]))]
+    raw = [float(r["p_value"]) for r in rows]
+    expected = benjamini_hochberg_by_scipy(raw) if correction == "bh" else holm_by_definition(raw)
+    for row, p in zip(rows, expected, strict=True):
+        assert float(row["p_adjusted"]) == pytest.approx(p, rel=1e-9, abs=1e-15), (row["model"] if "model" in row
+                                                                                  else row["family"], row["metric"])
+        assert row["significant"] == str(p < alpha)
+    return rows
+
+
 def test_summary_has_one_row_per_model_with_values_copied_from_results(study):
     rows = {row["model"]: row for row in _rows(study["out"] / "summary.csv")}
     assert set(rows) == {"teacher", "copy", "toxic", "pruned"}
@@ -116,9 +144,100 @@ def test_identical_model_not_significant_and_uniformly_higher_model_significant(
     for metric in ("toxic_score", "toxicity_mean"):
         assert toxic[metric]["significant"] == "True"
         assert float(toxic[metric]["diff"]) > 0 and float(toxic[metric]["ci_low"]) > 0
+    # corrected over every comparison in the report (Benjamini-Hochberg by default), so the adjusted p moves
+    assert len(check_correction(study["out"] / "comparisons.csv")) == len(rows)
+    assert any(float(r["p_adjusted"]) > float(r["p_value"]) for r in rows)
+    check_correction(study["out"] / "correlations.csv")
     summary = (study["out"] / "summary.md").read_text()
     assert "**copy** vs **teacher**: no significant difference" in summary
     assert "compfair_tox4k/toxicity_mean: higher" in summary
+
+
+def test_models_are_paired_on_the_same_documents_not_the_same_lines(tmp_path):
+    """The baseline's samples file is shuffled and lacks one document: each pair must still be one document."""
+    rng = random.Random(5)
+    n = 30
+    base = [rng.uniform(0.1, 0.6) for _ in range(n)]
+    gaps = [rng.uniform(-0.1, 0.3) for _ in range(n)]
+    teacher, student = tmp_path / "models" / "teacher", tmp_path / "models" / "student"
+    for folder in (teacher, student):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"n_layer": 4, "n_head": 4}))
+    (student / "distillation.json").write_text(json.dumps({"teacher": str(teacher), "student_layers": 2,
+                                                           "init_from_teacher": True, "student_parameters": 50}))
+    # toxicity_mean: the student is the teacher + 0.1 on every document; toxic_score: + a gap of its own
+    write_lm_eval_run(tmp_path / "eval" / "student", str(student), {"t": {
+        "toxicity_mean": [v + 0.1 for v in base], "toxic_score": [v + g for v, g in zip(base, gaps)]}})
+    results = write_lm_eval_run(tmp_path / "eval" / "teacher", str(teacher), {"t": {
+        "toxicity_mean": base, "toxic_score": base}})
+    samples_file = next(results.parent.glob("samples_t_*.jsonl"))
+    missing = 11
+    lines = [line for line in samples_file.read_text().splitlines() if json.loads(line)["doc_id"] != missing]
+    rng.shuffle(lines)
+    samples_file.write_text("\n".join(lines) + "\n")
+    kept = [i for i in range(n) if i != missing]
+    data = json.loads(results.read_text())  # the teacher's reported values are those of its 29 documents
+    data["results"]["t"]["toxicity_mean,none"] = sum(base[i] for i in kept) / len(kept)
+    data["results"]["t"]["toxic_score,none"] = sum(base[i] for i in kept)
+    results.write_text(json.dumps(data))
+    assert [json.loads(line)["doc_id"] for line in lines] != sorted(kept)  # really out of order
+
+    out = tmp_path / "report"
+    assert cli.main([str(tmp_path / "eval" / "teacher"), str(tmp_path / "eval" / "student"), "--out", str(out),
+                     "--resamples", "2000"]) == 0
+    rows = {r["metric"]: r for r in _rows(out / "comparisons.csv")}
+    assert set(rows) == {"toxicity_mean", "toxic_score"}
+    assert all(r["documents"] == str(len(kept)) for r in rows.values())
+    shift = rows["toxicity_mean"]
+    assert float(shift["diff"]) == pytest.approx(0.1)
+    # every paired difference is 0.1, so every resample's mean is too and no swap reaches it
+    assert (float(shift["ci_low"]), float(shift["ci_high"])) == pytest.approx((0.1, 0.1), abs=1e-9)
+    assert float(shift["p_value"]) == pytest.approx(1 / 2001)
+    summed = rows["toxic_score"]
+    assert float(summed["diff"]) == pytest.approx(sum(gaps[i] for i in kept))
+    assert float(summed["value"]) == pytest.approx(sum(base[i] + gaps[i] for i in kept))
+    assert float(summed["baseline_value"]) == pytest.approx(sum(base[i] for i in kept))
+    assert f"student vs teacher on t: {len(kept)} shared documents of {n} and {len(kept)}" in \
+        (out / "summary.md").read_text()
+
+
+def _borderline_study(root):
+    """A student against its teacher on 20 prompts: toxic_score higher on every prompt (p about 1e-4),
+    toxicity_mean higher on 15 and lower on 5 (exact two-sided p = 0.0414), gen_length_tokens identical (p = 1)."""
+    rng = random.Random(3)
+    base = [rng.uniform(0.2, 0.6) for _ in range(20)]
+    signs = [1] * 15 + [-1] * 5
+    rng.shuffle(signs)
+    lengths = [rng.randint(5, 20) for _ in range(20)]
+    teacher, student = root / "models" / "teacher", root / "models" / "student"
+    for folder in (teacher, student):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"n_layer": 4, "n_head": 4}))
+    (student / "distillation.json").write_text(json.dumps({"teacher": str(teacher), "student_layers": 2,
+                                                           "init_from_teacher": True, "student_parameters": 50}))
+    write_lm_eval_run(root / "eval" / "teacher", str(teacher), {"t": {
+        "toxic_score": base, "toxicity_mean": base, "gen_length_tokens": lengths}}, num_parameters=100)
+    write_lm_eval_run(root / "eval" / "student", str(student), {"t": {
+        "toxic_score": [v + 0.05 for v in base], "toxicity_mean": [v + 0.1 * s for v, s in zip(base, signs)],
+        "gen_length_tokens": lengths}}, num_parameters=50)
+    return [root / "eval" / "teacher", root / "eval" / "student"]
+
+
+@pytest.mark.parametrize("correction", ["bh", "holm"])
+def test_a_raw_p_below_alpha_is_not_significant_once_corrected(tmp_path, correction):
+    dirs = _borderline_study(tmp_path)
+    out = tmp_path / "report"
+    assert cli.main([str(d) for d in dirs] + ["--out", str(out), "--correction", correction, "--resamples", "10000"]) == 0
+    rows = {r["metric"]: r for r in check_correction(out / "comparisons.csv", correction)}
+    assert set(rows) == {"toxic_score", "toxicity_mean", "gen_length_tokens"}
+    exact = 2 * sum(math.comb(20, k) for k in range(15, 21)) / 2 ** 20  # 15 of 20 signs agree, two-sided
+    borderline = rows["toxicity_mean"]
+    assert float(borderline["p_value"]) == pytest.approx(exact, abs=0.008) and float(borderline["p_value"]) < 0.05
+    # BH: 3 p / 2 (its rank is 2 of 3); Holm: 2 p (m - rank + 1 = 2). Either way above 0.05: not significant.
+    factor = 1.5 if correction == "bh" else 2.0
+    assert float(borderline["p_adjusted"]) == pytest.approx(factor * float(borderline["p_value"]), rel=1e-9)
+    assert borderline["significant"] == "False"
+    assert rows["toxic_score"]["significant"] == "True" and rows["gen_length_tokens"]["significant"] == "False"
 
 
 def test_intervals_use_the_aggregation_that_reproduces_each_metric(study, tmp_path):
@@ -135,6 +254,24 @@ def test_intervals_use_the_aggregation_that_reproduces_each_metric(study, tmp_pa
 def test_size_correlation_and_perplexity_matched_line(study):
     correlations = _rows(study["out"] / "correlations.csv")
     assert {r["family"] for r in correlations} == {"all"}
+    # rho, n and the exact p (all 4! orderings, as the report does for n <= 8) recomputed by scipy from the
+    # parameter counts and the values in summary.csv
+    summary = {row["model"]: row for row in _rows(study["out"] / "summary.csv")}
+    checked = 0
+    for row in correlations:
+        column = f"{row['task']}/{row['metric']}"
+        present = [m for m in summary if summary[m]["parameters"] and summary[m].get(column) not in (None, "")]
+        x = [float(summary[m]["parameters"]) for m in present]
+        y = [float(summary[m][column]) for m in present]
+        assert int(row["models"]) == len(present) == 4, column
+        expected = stats.spearmanr(x, y)
+        assert float(row["rho"]) == pytest.approx(expected.statistic, abs=1e-12), column
+        exact = stats.permutation_test((x, y), lambda a, b: stats.spearmanr(a, b).statistic,
+                                       permutation_type="pairings", n_resamples=math.inf)
+        assert float(row["p_value"]) == pytest.approx(exact.pvalue, rel=1e-9), column
+        checked += 1
+    assert checked == len(correlations) >= 4
+    assert any(abs(float(r["rho"])) > 0.5 for r in correlations)  # a sign flip would show
     matched = [r for r in _rows(study["out"] / "perplexity_matched.csv") if r["metric"] == "toxic_score"]
     assert {r["model"] for r in matched} == {"teacher", "copy", "toxic", "pruned"}
     # The reference line is fitted on the two non-distilled models only; recompute it independently.

@@ -1,5 +1,6 @@
 """The statistics on constructed cases whose answer is known."""
 
+import itertools
 import math
 
 import numpy as np
@@ -46,6 +47,31 @@ def test_paired_p_value_agrees_with_the_paired_t_test_on_a_large_sample():
     assert result.p_value == pytest.approx(expected, abs=0.02)
 
 
+def exact_two_sided_sign_flip_p(differences):
+    """All 2^n sign flips of the per-document differences: the share whose mean is as far from 0 as observed."""
+    d = np.asarray(differences, dtype=float)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    flipped = np.abs(signs @ d)
+    return float(np.mean(flipped >= abs(d.sum()) - 1e-12))
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["above", "below"])
+def test_permutation_p_is_two_sided_and_matches_full_enumeration(direction):
+    """12 documents, 4096 sign flips enumerated: a model above its baseline and one below get the same p."""
+    rng = np.random.default_rng(11)
+    base = rng.random(12)
+    # 9 documents one way, 3 the other, distinct sizes: neither a certain nor a hopeless difference
+    differences = direction * np.array([0.31, 0.12, 0.27, -0.09, 0.18, 0.22, -0.15, 0.05, 0.36, -0.21, 0.14, 0.08])
+    model = base + differences
+    exact = exact_two_sided_sign_flip_p(model - base)
+    assert 0.05 < exact < 0.2  # precondition: a one-sided test would give about half of this, or near 1 below
+    result = sig.paired_comparison(model, base, sig.MEAN, resamples=20_000)
+    assert result.diff == pytest.approx(float(np.mean(differences)))
+    assert (result.diff < 0) == (direction < 0)
+    # 20,000 resamples: standard error of the estimate about 0.0025
+    assert result.p_value == pytest.approx(exact, abs=0.01)
+
+
 def test_bootstrap_interval_of_a_mean_matches_the_normal_interval():
     values = np.random.default_rng(5).random(2000)
     interval = sig.bootstrap_interval(values, sig.MEAN, resamples=4000)
@@ -53,8 +79,23 @@ def test_bootstrap_interval_of_a_mean_matches_the_normal_interval():
     assert interval.value == pytest.approx(values.mean())
     assert interval.low == pytest.approx(values.mean() - half, rel=0.01)
     assert interval.high == pytest.approx(values.mean() + half, rel=0.01)
+    # the endpoints sit near 0.5 either way; the half-width tells 95% (1.96 sd) from 90% (1.64) or 80% (1.28)
+    assert (interval.high - interval.low) / 2 == pytest.approx(half, rel=0.05)
     summed = sig.bootstrap_interval(values, sig.SUM, resamples=4000)
     assert summed.low == pytest.approx(interval.low * len(values))
+
+
+def test_bootstrap_interval_covers_the_true_mean_95_percent_of_the_time():
+    """1000 samples of 100 uniform values (true mean 0.5): the 95% interval should hold 0.5 in about 950 of them
+    (a percentile bootstrap runs slightly under its level at this size; a 90% interval would hold it ~900 times)."""
+    rng = np.random.default_rng(12)
+    trials = 1000
+    covered = 0
+    for _ in range(trials):
+        interval = sig.bootstrap_interval(rng.random(100), sig.MEAN, resamples=1000)
+        covered += interval.low <= 0.5 <= interval.high
+    # binomial standard error at 0.95: 0.007; the band is [0.925, 0.970]
+    assert 0.925 <= covered / trials <= 0.97, covered
 
 
 def test_perplexity_aggregation_is_lm_evals_weighted_perplexity():
@@ -98,8 +139,39 @@ def test_spearman_exact_for_small_samples_and_scipy_for_large():
     assert large.rho == pytest.approx(reference.statistic)
     assert large.p_value == pytest.approx(reference.pvalue)
     assert large.low < large.rho < large.high
+    # scipy's p for n > 8 is the t approximation: recompute it by hand
+    t = large.rho * math.sqrt((25 - 2) / (1 - large.rho ** 2))
+    assert large.p_value == pytest.approx(2 * stats.t.sf(abs(t), 25 - 2), rel=1e-6)
     assert math.isnan(sig.spearman([1, 2], [3, 4]).rho)
     assert math.isnan(sig.spearman([1, 2, 3], [5, 5, 5]).rho)
+
+
+def test_spearman_exact_p_and_fisher_z_interval_by_hand():
+    """n = 5, not perfectly ordered: rho from the d^2 formula, p from all 120 orderings, Bonett-Wright interval."""
+    x, y = [10, 20, 30, 40, 50], [2.0, 1.0, 4.0, 3.0, 5.0]
+    result = sig.spearman(x, y)
+    n = 5
+
+    def rho_of(ranks):  # no ties: 1 - 6 sum d^2 / (n (n^2 - 1))
+        return 1 - 6 * sum((i + 1 - r) ** 2 for i, r in enumerate(ranks)) / (n * (n * n - 1))
+
+    rho = rho_of([2, 1, 4, 3, 5])
+    assert rho == pytest.approx(0.8)
+    assert result.rho == pytest.approx(rho) and result.n == 5 and result.exact
+    as_extreme = sum(abs(rho_of(perm)) >= abs(rho) - 1e-12 for perm in itertools.permutations(range(1, 6)))
+    assert result.p_value == pytest.approx(as_extreme / 120)
+    assert result.p_value < 1 and as_extreme > 2  # not the perfect-order case
+    # Fisher z with Bonett and Wright's standard error sqrt((1 + rho^2 / 2) / (n - 3))
+    z, se = math.atanh(rho), math.sqrt((1 + rho ** 2 / 2) / (n - 3))
+    assert (result.low, result.high) == pytest.approx((math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)),
+                                                      rel=1e-5)
+    # n = 25 uses the same interval
+    rng = np.random.default_rng(6)
+    a, b = rng.random(25), rng.random(25)
+    large = sig.spearman(a, b)
+    z, se = math.atanh(large.rho), math.sqrt((1 + large.rho ** 2 / 2) / 22)
+    assert (large.low, large.high) == pytest.approx((math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)),
+                                                    rel=1e-5)
 
 
 def test_paired_values_must_cover_the_same_documents():
