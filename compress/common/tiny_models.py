@@ -166,3 +166,22 @@ def build_tiny_detoxify(out_dir: str | Path, hidden_size: int = 32, layers: int 
     ckpt = out_dir / "tiny-detoxify.ckpt"
     torch.save(checkpoint, ckpt)
     return ckpt
+
+
+# ---------------------------------------------------------------------------------------------- Llama family
+
+
+def build_tiny_llama(out_dir: str | Path, layers: int = 2, hidden_size: int = 64, heads: int = 4,
+                     kv_heads: int = 2, intermediate_size: int = 128, seed: int = 0):
+    """A randomly initialised Llama with grouped-query attention (`kv_heads` < `heads`) and the tiny BPE tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    return model, tok
