@@ -95,8 +95,8 @@ def main(argv=None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     work = Path(tempfile.mkdtemp(prefix="bench-post-training-"))
     dense = work / "dense"
-    model, tokenizer = tiny_models.build_tiny_llama(dense, layers=args.layers, hidden_size=args.hidden, heads=8, kv_heads=4,
-                                            intermediate_size=3 * args.hidden)
+    model, tokenizer = tiny_models.build_tiny_llama(dense, layers=args.layers, hidden_size=args.hidden, heads=8,
+                                                    kv_heads=4, intermediate_size=3 * args.hidden)
     dense_bf16 = work / "dense_bf16"
     model.to(torch.bfloat16).save_pretrained(dense_bf16)
     tokenizer.save_pretrained(dense_bf16)
