@@ -255,3 +255,14 @@ def test_unsupported_architecture_and_rerun(tiny_seq2seq, quantized, models, tmp
     out = quantized("llama", "int8")
     assert quantize.main(["--model_name_or_path", str(models["llama"]), "--output_dir", str(out),
                           "--method", "int8"]) is None
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "trainer_configs" / "quantize")
+                                          .glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_parse(config):
+    from compress.common.arguments import parse_config_and_flags
+    from compress.common.calibration import CalibrationData
+    from compress.quantization.config import QuantizeConfig
+
+    settings, data = parse_config_and_flags((QuantizeConfig, CalibrationData), [str(config), "--seed", "3"])
+    assert settings.method == config.stem and settings.seed == 3 and data.dataset_name == "Salesforce/wikitext"

@@ -209,3 +209,14 @@ def test_unsupported_architecture(tiny_seq2seq, tmp_path):
                        "--method", "magnitude", "--sparsity", "0.5"])
     text = str(stop.value.code)
     assert "model type 'blenderbot' is not supported" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "trainer_configs" / "sparsify")
+                                          .glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_parse(config):
+    from compress.common.arguments import parse_config_and_flags
+    from compress.sparsity.config import SparsityConfig
+
+    settings, data = parse_config_and_flags((SparsityConfig, CalibrationData), [str(config), "--num_samples", "4"])
+    assert settings.method == config.stem.split("_")[0] and settings.num_samples == 4
+    assert (settings.n_m == (2, 4)) == config.stem.endswith("2of4")
