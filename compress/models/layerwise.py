@@ -28,8 +28,11 @@ class ScaleGroup:
     """Linear layers that read the same input, and the module whose output is that input.
 
     `kind` says how a per-input-channel scale s folds into the producer so that producer(x) / s is computed
-    exactly: `norm` (a LayerNorm/RMSNorm: divide its weight and bias), `linear` (a linear layer: divide its
-    output rows), `qkv_v` (GPT-2's fused c_attn: divide only the value third of its output columns).
+    exactly: `norm` (a LayerNorm/RMSNorm: divide its weight and bias), `norm_plus_one` (Gemma's RMSNorm, which
+    multiplies by 1 + weight), `linear` (a linear layer: divide its output rows), `qkv_v` (a fused q/k/v
+    projection: divide only the value third of its outputs), `gate_up` (Phi-3's fused gate/up projection:
+    divide only the up half, which multiplies the activated gate). A fold whose widths do not match (grouped-
+    query attention) is skipped at run time.
     """
 
     producer: str
@@ -55,6 +58,16 @@ _LLAMA_LIKE = LayerSpec(
     ),
 )
 
+_GEMMA = LayerSpec(
+    linears=_LLAMA_LIKE.linears,
+    scale_groups=(
+        ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "norm_plus_one"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "linear"),
+        ScaleGroup("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "norm_plus_one"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "linear"),
+    ),
+)
+
 LAYER_SPECS: dict[str, LayerSpec] = {
     "gpt2": LayerSpec(
         linears=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
@@ -69,7 +82,37 @@ LAYER_SPECS: dict[str, LayerSpec] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    "phi3": LayerSpec(
+        linears=("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"),
+        scale_groups=(
+            ScaleGroup("input_layernorm", ("self_attn.qkv_proj",), "norm"),
+            ScaleGroup("self_attn.qkv_proj", ("self_attn.o_proj",), "qkv_v"),
+            ScaleGroup("post_attention_layernorm", ("mlp.gate_up_proj",), "norm"),
+            ScaleGroup("mlp.gate_up_proj", ("mlp.down_proj",), "gate_up"),
+        ),
+    ),
+    "gpt_neox": LayerSpec(
+        # query_key_value interleaves q, k, v per head, so its value rows are not one slice: no v -> dense fold
+        linears=("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+        scale_groups=(
+            ScaleGroup("input_layernorm", ("attention.query_key_value",), "norm"),
+            ScaleGroup("post_attention_layernorm", ("mlp.dense_h_to_4h",), "norm"),
+        ),
+    ),
+    "opt": LayerSpec(
+        linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"),
+        scale_groups=(
+            ScaleGroup("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "norm"),
+            ScaleGroup("self_attn.v_proj", ("self_attn.out_proj",), "linear"),
+            ScaleGroup("final_layer_norm", ("fc1",), "norm"),
+        ),
+    ),
 }
+
+# How many of a producer's outputs a fold divides, as a multiple of the consumer's input width.
+FOLD_WIDTH = {"linear": 1, "qkv_v": 3, "gate_up": 2}
 
 
 def layer_spec(config) -> LayerSpec:
@@ -79,7 +122,10 @@ def layer_spec(config) -> LayerSpec:
         raise UnsupportedArchitecture(
             f"model type {model_type!r} is not supported by quantization/sparsity "
             f"(supported: {', '.join(sorted(LAYER_SPECS))})")
-    return LAYER_SPECS[model_type]
+    spec = LAYER_SPECS[model_type]
+    if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):  # OPT-350m: norms come after
+        spec = LayerSpec(spec.linears, tuple(g for g in spec.scale_groups if g.kind != "norm"))
+    return spec
 
 
 def block_linears(model: nn.Module, block: nn.Module) -> dict[str, nn.Module]:

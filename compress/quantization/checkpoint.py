@@ -8,6 +8,8 @@ one scale per group (`weight_scale`) and the shape. Only `nn.Linear` layers can 
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -32,6 +34,13 @@ def supports_compressed_tensors(modules: dict[str, nn.Module]) -> bool:
     return all(isinstance(m, nn.Linear) for m in modules.values())
 
 
+def _block_suffix(name: str) -> str:
+    """'model.layers.3.self_attn.q_proj' -> 'self_attn.q_proj': the part after the block index."""
+    parts = name.split(".")
+    index = max(i for i, part in enumerate(parts) if part.isdigit())
+    return ".".join(parts[index + 1:])
+
+
 def save_compressed_tensors(model: nn.Module, out_dir, dequantized: dict[str, torch.Tensor],
                             scales: dict[str, torch.Tensor], bits: int, group_size: int | None, dtype) -> None:
     """Save `model` with the named linear layers in pack-quantized form.
@@ -49,9 +58,12 @@ def save_compressed_tensors(model: nn.Module, out_dir, dequantized: dict[str, to
 
     weights = QuantizationArgs(num_bits=bits, type="int", symmetric=True,
                                strategy="group" if group_size else "channel", group_size=group_size)
-    ignore = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in dequantized]
-    config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
-                                ignore=ignore, format="pack-quantized")
+    # Targets by the layers' names inside a block, not by class with an ignore list: some models' top-level
+    # modules are renamed between saving and loading (GPT-NeoX's embed_out / lm_head), block layers are not.
+    suffixes = sorted({_block_suffix(name) for name in dequantized})
+    target = "re:.*\\.(" + "|".join(re.escape(s) for s in suffixes) + ")$"
+    config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=[target], weights=weights)},
+                                format="pack-quantized")
     apply_quantization_config(model, config)
     for name, weight in dequantized.items():
         module = model.get_submodule(name)

@@ -21,6 +21,7 @@ from compress.common.post_training import (
 )
 from compress.models.blocks import decoder_blocks
 from compress.models.layerwise import (
+    FOLD_WIDTH,
     block_linears,
     compress_block_by_block,
     layer_spec,
@@ -56,8 +57,11 @@ def _fold_into_producer(block, group, s: torch.Tensor) -> None:
             if getattr(producer, "bias", None) is not None:
                 producer.bias.div_(s.to(producer.bias.dtype))
             return
+        if group.kind == "norm_plus_one":  # y = norm(x) * (1 + w): 1 + w' = (1 + w) / s
+            producer.weight.copy_(((1 + producer.weight.float()) / s - 1).to(producer.weight.dtype))
+            return
         w = weight_out_in(producer)
-        rows = slice(w.shape[0] - s.numel(), w.shape[0]) if group.kind == "qkv_v" else slice(0, w.shape[0])
+        rows = slice(w.shape[0] - s.numel(), w.shape[0])  # the value third, the up half, or every row
         w[rows] /= s.unsqueeze(1)
         set_weight_out_in(producer, w)
         if getattr(producer, "bias", None) is not None:
@@ -70,7 +74,8 @@ def apply_awq_scales(model, block, linears, stats, grid: Grid) -> list[dict]:
     for group in layer_spec(model.config).scale_groups:
         consumers = [linears[name] for name in group.consumers]
         width = out_in_features(consumers[0])[1]
-        if group.kind == "linear" and out_in_features(block.get_submodule(group.producer))[0] != width:
+        if group.kind in FOLD_WIDTH and (out_in_features(block.get_submodule(group.producer))[0]
+                                          != FOLD_WIDTH[group.kind] * width):
             done.append({"producer": group.producer, "skipped": "widths differ (grouped-query attention)"})
             continue
         first = stats[group.consumers[0]]
