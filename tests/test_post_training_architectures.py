@@ -1,5 +1,5 @@
 """Quantization and sparsity on every other architecture the layer description knows (tiny random models of
-Mistral, Qwen2, Gemma 2/3, Phi-3, GPT-NeoX, OPT; GPT-2 and Llama have their own test files).
+Mistral, Qwen2/3, Gemma 2/3, Phi-3, GPT-NeoX, OPT; GPT-2 and Llama have their own test files).
 
 AWQ's folds are checked for exactness on their own: with scales drawn at random instead of searched, folding
 them into the producers must leave the model's logits unchanged (no rounding happens in that step).

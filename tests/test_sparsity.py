@@ -220,3 +220,16 @@ def test_shipped_configs_parse(config):
     settings, data = parse_config_and_flags((SparsityConfig, CalibrationData), [str(config), "--num_samples", "4"])
     assert settings.method == config.stem.split("_")[0] and settings.num_samples == 4
     assert (settings.n_m == (2, 4)) == config.stem.endswith("2of4")
+
+
+def test_interrupted_run_restarts_cleanly(models, calib_file, tmp_path):
+    """A run killed mid-way leaves OUT.partial (and maybe an OUT without record); the rerun replaces both."""
+    out = tmp_path / "out"
+    (tmp_path / "out.partial").mkdir()
+    (tmp_path / "out.partial" / "model.safetensors").write_bytes(b"half a file")
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    record = sparsify.main(["--model_name_or_path", str(models["gpt2"]), "--output_dir", str(out), "--method",
+                            "magnitude", "--sparsity", "0.25"])
+    assert record is not None and not (tmp_path / "out.partial").exists() and not (out / "stale.txt").exists()
+    assert json.loads((out / "sparsity.json").read_text())["overall_sparsity"] == 0.25

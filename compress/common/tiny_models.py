@@ -193,6 +193,8 @@ TINY_CAUSAL = {
                                       num_key_value_heads=2)),
     "qwen2": ("Qwen2Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                                   num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16)),
     "gemma2": ("Gemma2Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
                                     num_key_value_heads=2, head_dim=16)),
     "gemma3_text": ("Gemma3TextConfig", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
