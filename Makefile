@@ -24,13 +24,15 @@ RESULTS ?= $(RUNS)/eval
 REPORT_DIR ?= $(RUNS)/report
 ARGS ?=
 
-.PHONY: help install test lint demo prompts distill distill-all prune prune-all report reproduce bench clean
+.PHONY: help install test lint demo prompts distill distill-all prune prune-all report reproduce bench clean \
+	quantize sparsify
 
 help:
 	@echo "make demo     the whole pipeline offline on a tiny embedded default (no GPU, no network)"
 	@echo "make test     the test suite (offline)"
 	@echo "make lint     ruff"
 	@echo "make prompts | distill CONFIG=A | distill-all | prune SUBSET=2560 | prune-all | report | reproduce | bench"
+	@echo "make quantize QUANT=gptq MODEL=gpt2 | sparsify SPARSE=wanda_2of4 MODEL=gpt2"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -97,6 +99,21 @@ prune: install
 
 prune-all: install
 	@for subset in $(PRUNE_SUBSETS); do $(MAKE) --no-print-directory prune SUBSET=$$subset || exit 1; done
+
+# Post-training quantization and sparsity of MODEL (hub id or folder) with trainer_configs/quantize/QUANT.yaml
+# (int8, int4, gptq, awq) or trainer_configs/sparsify/SPARSE.yaml (magnitude_50, wanda_50, sparsegpt_50, wanda_2of4,
+# sparsegpt_2of4); writes $(RUNS)/quantized/QUANT or $(RUNS)/sparse/SPARSE with quantization.json / sparsity.json.
+MODEL ?= gpt2
+QUANT ?= gptq
+SPARSE ?= wanda_50
+
+quantize: install
+	$(PY) compress/quantize.py trainer_configs/quantize/$(QUANT).yaml --model_name_or_path $(MODEL) \
+		--output_dir $(RUNS)/quantized/$(QUANT) $(ARGS)
+
+sparsify: install
+	$(PY) compress/sparsify.py trainer_configs/sparsify/$(SPARSE).yaml --model_name_or_path $(MODEL) \
+		--output_dir $(RUNS)/sparse/$(SPARSE) $(ARGS)
 
 # The paper's study on real models (hub access and a GPU): GPT-2, DistilGPT2, the six students, the five pruned
 # models, DialoGPT small/medium/large, BlenderBot 400M-distill and 3B; then the report in $(REPORT_DIR).

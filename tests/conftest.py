@@ -23,6 +23,7 @@ _BUILDERS = {
     "gpt2": lambda path, **kw: tiny_models.build_tiny_gpt2(path, **kw),
     "seq2seq": lambda path, **kw: tiny_models.build_tiny_seq2seq(path, **kw),
     "detoxify": lambda path, **kw: tiny_models.build_tiny_detoxify(path, **kw),
+    "llama": lambda path, **kw: tiny_models.build_tiny_llama(path, **kw),  # grouped-query attention
 }
 
 
@@ -55,6 +56,11 @@ def tiny_gpt2(tiny_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def tiny_seq2seq(tiny_checkpoint) -> Path:
     return tiny_checkpoint("seq2seq")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("llama")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compress.report.results import ModelRun
 
-METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2}
+METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2, "quantization": 3, "sparsity": 4}
 
 
 @dataclass
@@ -30,6 +30,28 @@ class ModelInfo:
     prune_subset: int | None = None
     heads_per_iteration: list = field(default_factory=list)
     perplexity_per_iteration: list = field(default_factory=list)
+    # post-training quantization / sparsity (quantization.json, sparsity.json)
+    algorithm: str | None = None  # gptq, awq, int8, int4; magnitude, wanda, sparsegpt
+    bits: int | None = None
+    group_size: int | None = None
+    sparsity: float | None = None  # achieved share of zeros in the block linear layers
+    pattern: str | None = None  # unstructured or N:M
+    checkpoint_format: str | None = None
+    linear_weight_bytes: int | None = None
+    baseline_linear_weight_bytes: int | None = None
+    model_files_bytes: int | None = None
+    baseline_model_files_bytes: int | None = None
+
+    @property
+    def compression(self) -> str:
+        """What was done, in a few words: "gptq 4-bit g128", "wanda 2:4"."""
+        if self.method == "quantization":
+            return f"{self.algorithm} {self.bits}-bit" + (f" g{self.group_size}" if self.group_size else "")
+        if self.method == "sparsity":
+            what = self.pattern if self.pattern and self.pattern != "unstructured" else (
+                f"{self.sparsity:.0%}" if self.sparsity is not None else "")
+            return f"{self.algorithm} {what}".strip()
+        return ""
 
     @property
     def label(self) -> str:
@@ -37,6 +59,8 @@ class ModelInfo:
             return f"{self.name} ({self.blocks} blocks, {self.init} init)"
         if self.method == "head pruning":
             return f"{self.name} (pruned to {self.heads} heads)"
+        if self.method in ("quantization", "sparsity"):
+            return f"{self.name} ({self.compression})"
         return self.name
 
 
@@ -99,7 +123,29 @@ def describe_model(run: ModelRun) -> ModelInfo:
         info.prune_subset = record.get("num_samples")
         info.baseline = record.get("model_name_or_path")
         info.baseline_source = "pruning.json"
+    elif run.quantization or run.sparsity:
+        _describe_post_training(info, run.quantization or run.sparsity, "quantization" if run.quantization
+                                else "sparsity")
     return info
+
+
+def _describe_post_training(info: ModelInfo, record: dict, method: str) -> None:
+    """A quantized or sparsified model: what was done, its bytes and those of the model it came from."""
+    info.method = method
+    info.algorithm = record.get("method")
+    info.checkpoint_format = record.get("format")
+    if method == "quantization":
+        info.bits, info.group_size = record.get("bits"), record.get("group_size")
+    else:
+        info.sparsity = _finite(record.get("overall_sparsity"))
+        info.pattern = record.get("pattern")
+    sizes = record.get("bytes") or {}
+    info.linear_weight_bytes = sizes.get("linear_weight_bytes")
+    info.baseline_linear_weight_bytes = sizes.get("source_linear_weight_bytes")
+    info.model_files_bytes = sizes.get("model_files_bytes")
+    info.baseline_model_files_bytes = sizes.get("source_model_files_bytes")
+    info.baseline = record.get("model_name_or_path")
+    info.baseline_source = f"{method}.json"
 
 
 def _finite(value) -> float | None:

@@ -26,7 +26,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from compress.common.atomic_files import replaced_atomically  # noqa: E402
 
-METHOD_COLORS = {"original": "#7f7f7f", "distillation": "#1f77b4", "head pruning": "#ff7f0e"}
+METHOD_COLORS = {"original": "#7f7f7f", "distillation": "#1f77b4", "head pruning": "#ff7f0e",
+                 "quantization": "#9467bd", "sparsity": "#8c564b"}
 STEREOSET_COUNTS = (("stereotype_count", "stereotype"), ("anti_stereotype_count", "anti-stereotype"),
                     ("unrelated_count", "unrelated"))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 RESULT_GLOB = "results_*.json"
 NOT_METRICS = {"alias", "name", "sample_len", "samples", " "}
-TRAINER_RECORDS = ("distillation.json", "pruning.json")
+TRAINER_RECORDS = ("distillation.json", "pruning.json", "quantization.json", "sparsity.json")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class ModelRun:
     config: dict | None = None  # the checkpoint's config.json, where it is a local folder
     distillation: dict | None = None
     pruning: dict | None = None
+    quantization: dict | None = None  # quantization.json of compress/quantize.py
+    sparsity: dict | None = None  # sparsity.json of compress/sparsify.py
     record_files: list[Path] = field(default_factory=list)
 
     @property

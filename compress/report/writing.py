@@ -33,7 +33,10 @@ def _csv_text(header: list[str], rows: list[list]) -> str:
 
 
 MODEL_COLUMNS = ["model", "method", "baseline", "init", "blocks", "heads", "parameters", "perplexity",
-                 "perplexity_source", "trainer_perplexity", "prune_subset", "pretrained", "results_files"]
+                 "perplexity_source", "trainer_perplexity", "prune_subset", "pretrained", "results_files",
+                 # post-training quantization / sparsity
+                 "compression", "bits", "group_size", "sparsity", "pattern", "format", "linear_weight_bytes",
+                 "baseline_linear_weight_bytes", "model_files_bytes", "baseline_model_files_bytes"]
 
 
 def summary_table(report: Report) -> tuple[list[str], list[list]]:
@@ -47,7 +50,10 @@ def summary_table(report: Report) -> tuple[list[str], list[list]]:
         run = report.runs[info.name]
         row = [info.name, info.method, info.baseline, info.init, info.blocks, info.heads, info.parameters,
                info.perplexity, info.perplexity_source, info.trainer_perplexity, info.prune_subset, info.model,
-               ";".join(str(p) for p in run.results_files + run.record_files)]
+               ";".join(str(p) for p in run.results_files + run.record_files),
+               info.compression or None, info.bits, info.group_size, info.sparsity, info.pattern,
+               info.checkpoint_format, info.linear_weight_bytes, info.baseline_linear_weight_bytes,
+               info.model_files_bytes, info.baseline_model_files_bytes]
         for column in columns:
             e = by_key.get((info.name, column))
             row += [e.value, e.low, e.high] if e else [None, None, None]
@@ -75,6 +81,26 @@ def _md_table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def _ratio(value, base) -> str:
+    return f"{_fmt(value)} ({value / base:.2f}x)" if value is not None and base else _fmt(value)
+
+
+def post_training_lines(report: Report) -> list[str]:
+    """Quantized and sparse models: what was done and their bytes against the model each came from."""
+    rows = [i for i in report.models if i.method in ("quantization", "sparsity")]
+    if not rows:
+        return []
+    lines = ["", "## Quantized and sparse models", "",
+             "Bytes on disk from each record (quantization.json / sparsity.json); the ratio is against the "
+             "uncompressed baseline's checkpoint. Zeros of a sparse model are stored densely.", ""]
+    lines += _md_table(["model", "method", "bits", "sparsity", "format", "baseline", "linear weight bytes",
+                        "model file bytes"], [
+        [i.name, i.compression, _fmt(i.bits), "–" if i.sparsity is None else f"{i.sparsity:.3f} ({i.pattern})",
+         i.checkpoint_format or "–", i.baseline or "–", _ratio(i.linear_weight_bytes, i.baseline_linear_weight_bytes),
+         _ratio(i.model_files_bytes, i.baseline_model_files_bytes)] for i in rows])
+    return lines
+
+
 def summary_markdown(report: Report, plots: list[Path]) -> str:
     correction = significance.CORRECTION_NAMES[report.correction]
     lines = ["# compfair report", "",
@@ -87,6 +113,8 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
         [i.name, i.method + (f" ({i.init} init)" if i.init else ""), i.baseline or "–", _fmt(i.blocks),
          _fmt(i.heads), _fmt(i.parameters), _fmt(i.perplexity) + (f" ({i.perplexity_source})" if i.perplexity else "")]
         for i in report.models])
+
+    lines += post_training_lines(report)
 
     lines += ["", "## What is significant", ""]
     lines += significance_in_words(report)

@@ -11,6 +11,8 @@ Stages, in order (`--stages` picks some; each can run alone once its inputs exis
               puts its bundled StereoSet and WinoBias samples and its held-out perplexity text there)
     distill   `compress/distill.py` for each student (A, B, Bnot, C, D, Dnot)
     prune     `compress/prune.py` for each pruning data size
+    quantize  `compress/quantize.py` for each quantized model (demo: GPTQ 4-bit of the teacher)
+    sparsify  `compress/sparsify.py` for each sparse model (demo: Wanda 2:4 of the teacher)
     evaluate  `lm_eval` on every model: the toxicity and bias tasks and a perplexity task, with
               --log_samples, into RUNS/eval/<model>
     report    `compfair-report` over every evaluated model into RUNS/report
@@ -44,7 +46,7 @@ from pathlib import Path
 from compress.common.atomic_files import write_json_atomically
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("teacher", "prompts", "distill", "prune", "evaluate", "report")
+STAGES = ("teacher", "prompts", "distill", "prune", "quantize", "sparsify", "evaluate", "report")
 STUDENTS = ("A", "B", "Bnot", "C", "D", "Dnot")
 PRUNE_SUBSETS = (256, 1280, 2560, 5120, 12800)
 PROMPT_FILES = ("rtp.jsonl", "tox4k.jsonl", "random4k.jsonl", "safe4k.jsonl", "manifest.json")
@@ -73,7 +75,7 @@ class Model:
     """One model of the study: where it comes from, how it is built, how lm-eval loads it."""
 
     name: str
-    kind: str  # teacher | student | pruned | baseline
+    kind: str  # teacher | student | pruned | quantized | sparse | baseline
     pretrained: str  # hub name or local folder
     backend: str = "causal"  # causal | seq2seq
     build: Step | None = None  # the trainer run that writes `pretrained`
@@ -250,6 +252,17 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 "--train_file", str(corpus), "--validation_split_percentage", "10", "--block_size",
                 str(args.block_size), "--num_samples", str(subset), "--per_device_eval_batch_size", "16",
                 "--output_dir", str(out), *cpu], script=True)))
+    # Post-training compression of the teacher, calibrated on the demo corpus (n_embd 48: groups of 16 inputs).
+    calibration = ["--train_file", str(corpus), "--block_size", str(args.block_size), "--num_samples", "16",
+                   "--validation_split_percentage", "10"]
+    out = runs / "quantized" / "gptq_int4"
+    models.append(Model("gptq_int4", "quantized", str(out), done_file="quantization.json", build=Step(
+        "compress.quantize", ["--model_name_or_path", str(teacher), "--output_dir", str(out), "--method", "gptq",
+                              "--bits", "4", "--group_size", "16", *calibration], script=True)))
+    out = runs / "sparse" / "wanda_2of4"
+    models.append(Model("wanda_2of4", "sparse", str(out), done_file="sparsity.json", build=Step(
+        "compress.sparsify", ["--model_name_or_path", str(teacher), "--output_dir", str(out), "--method", "wanda",
+                              "--pattern", "2:4", *calibration], script=True)))
     source = resources.files("compress.study") / "demo_data"
     prompts = [
         Step("compress.toxicity.prompts", ["rtp", "--source", str(source / "rtp_prompts.jsonl"), "--out", str(data_dir),
@@ -394,7 +407,8 @@ def stage_prompts(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
 def _build_stage(kind: str, plan: Plan, models: list[Model]) -> None:
     todo = [m for m in models if m.kind == kind]
     for i, model in enumerate(todo, 1):
-        what = f"{'distill' if kind == 'student' else 'prune'} {model.name} ({i} of {len(todo)})"
+        verb = {"student": "distill", "pruned": "prune", "quantized": "quantize", "sparse": "sparsify"}[kind]
+        what = f"{verb} {model.name} ({i} of {len(todo)})"
         if (Path(model.pretrained) / model.done_file).is_file():
             log(f"{what}: {model.pretrained} is complete; skipped")
             continue
@@ -407,6 +421,14 @@ def stage_distill(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
 
 def stage_prune(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
     _build_stage("pruned", plan, models)
+
+
+def stage_quantize(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    _build_stage("quantized", plan, models)
+
+
+def stage_sparsify(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    _build_stage("sparse", plan, models)
 
 
 def eval_complete(plan: Plan, model: Model, batch: EvalBatch) -> bool:
@@ -457,7 +479,8 @@ def stage_report(plan: Plan, args: argparse.Namespace, models: list[Model]) -> N
 
 
 STAGE_FUNCTIONS = {"teacher": stage_teacher, "prompts": stage_prompts, "distill": stage_distill,
-                   "prune": stage_prune, "evaluate": stage_evaluate, "report": stage_report}
+                   "prune": stage_prune, "quantize": stage_quantize, "sparsify": stage_sparsify,
+                   "evaluate": stage_evaluate, "report": stage_report}
 
 
 # ---------------------------------------------------------------------------------------------- CLI

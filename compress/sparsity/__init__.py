@@ -1,0 +1,1 @@
+"""Post-training sparsity: magnitude, Wanda and SparseGPT, unstructured or N:M (`compress/sparsify.py`)."""
