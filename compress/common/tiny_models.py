@@ -166,3 +166,23 @@ def build_tiny_detoxify(out_dir: str | Path, hidden_size: int = 32, layers: int 
     ckpt = out_dir / "tiny-detoxify.ckpt"
     torch.save(checkpoint, ckpt)
     return ckpt
+
+
+# ---- tiny Llama-family decoder (layer dropping's tests; any test needing a non-GPT-2 architecture) ----
+
+
+def build_tiny_llama_for_dropping(out_dir: str | Path, num_hidden_layers: int = 4, hidden_size: int = 32,
+                                  num_attention_heads: int = 4, num_key_value_heads: int = 2, seed: int = 0):
+    """A randomly initialised Llama (RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP) with the
+    tiny BPE tokenizer, saved to `out_dir`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                         num_key_value_heads=num_key_value_heads, max_position_embeddings=128,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    return model, tok
