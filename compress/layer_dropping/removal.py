@@ -34,11 +34,11 @@ def check_blocks_to_remove(config, blocks: Iterable[int]) -> list[int]:
         raise ValueError("no block to remove: give at least one block index")
     if len(set(chosen)) != len(chosen):
         raise ValueError(f"blocks to remove repeat an index: {chosen}")
+    if len(chosen) >= count:
+        raise ValueError(f"cannot remove {len(chosen)} of {count} blocks: at least one must be kept")
     outside = [b for b in chosen if not isinstance(b, int) or not 0 <= b < count]
     if outside:
         raise ValueError(f"block indices {outside} are outside 0..{count - 1} ({count} blocks)")
-    if len(chosen) >= count:
-        raise ValueError(f"cannot remove {len(chosen)} of {count} blocks: at least one must be kept")
     if config.model_type == "gpt2" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
         raise ValueError("GPT-2 with scale_attn_by_inverse_layer_idx=True scales attention by each block's depth; "
                          "its blocks cannot be dropped without changing what the kept ones compute")
