@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compress.report.results import ModelRun
 
-METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2}
+METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2, "layer dropping": 3}
 
 
 @dataclass
@@ -17,9 +17,10 @@ class ModelInfo:
 
     name: str
     model: str
-    method: str  # original | distillation | head pruning
+    method: str  # original | distillation | head pruning | layer dropping
     baseline: str | None = None  # the name of the model it is compared against
-    baseline_source: str | None = None  # where that came from: distillation.json, pruning.json, --compare
+    baseline_source: str | None = None  # where that came from: distillation.json, pruning.json,
+    # layer_dropping.json, --compare
     init: str | None = None  # distillation: teacher | random
     blocks: int | None = None
     heads: int | None = None
@@ -37,6 +38,8 @@ class ModelInfo:
             return f"{self.name} ({self.blocks} blocks, {self.init} init)"
         if self.method == "head pruning":
             return f"{self.name} (pruned to {self.heads} heads)"
+        if self.method == "layer dropping" and self.blocks:
+            return f"{self.name} ({self.blocks} blocks, dropped)"
         return self.name
 
 
@@ -99,6 +102,15 @@ def describe_model(run: ModelRun) -> ModelInfo:
         info.prune_subset = record.get("num_samples")
         info.baseline = record.get("model_name_or_path")
         info.baseline_source = "pruning.json"
+    elif run.layer_dropping:
+        record = run.layer_dropping
+        info.method = "layer dropping"
+        info.blocks = (record.get("num_blocks") or {}).get("after", info.blocks)
+        info.parameters = (record.get("parameter_count") or {}).get("after") or info.parameters
+        healing = record.get("healing") or {}
+        info.trainer_perplexity = _finite(healing.get("perplexity_after_healing", record.get("perplexity_after")))
+        info.baseline = record.get("model_name_or_path")
+        info.baseline_source = "layer_dropping.json"
     return info
 
 
