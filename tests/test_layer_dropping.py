@@ -434,3 +434,18 @@ def test_position_dependent_gpt2_is_refused(tmp_path, models):
     model.config.scale_attn_by_inverse_layer_idx = True
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         drop_blocks(model, [1])
+
+
+def test_study_configs_drop_six_of_gpt2s_twelve_blocks_and_differ_only_in_the_method():
+    from compress.common.arguments import parse_config_and_flags
+    from compress.layer_dropping.config import LayerDroppingConfig
+
+    parsed = {}
+    for method in ("angular_distance", "block_influence"):
+        path = REPO / "trainer_configs" / "drop_layers" / f"gpt2_{method}_6.yaml"
+        config, data = parse_config_and_flags((LayerDroppingConfig, DataArguments), [str(path)])
+        assert (config.model_name_or_path, config.num_blocks_to_drop, config.method) == ("gpt2", 6, method)
+        assert config.output_dir == f"runs/dropped/gpt2_{method}_6"
+        assert (data.dataset_name, data.dataset_config_name) == ("Salesforce/wikitext", "wikitext-103-raw-v1")
+        parsed[method] = {**config.to_dict(), **vars(data), "method": None, "output_dir": None, "logging_dir": None}
+    assert parsed["angular_distance"] == parsed["block_influence"]
