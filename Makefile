@@ -138,3 +138,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Layer dropping: remove 6 of GPT-2's 12 blocks chosen by DROP_METHOD (angular_distance or block_influence) on
+# WikiText-103; writes $(RUNS)/dropped/gpt2_DROP_METHOD_6 (a stock 6-block GPT-2 and layer_dropping.json), the
+# control for the 6-block students B and Bnot. A finished run is not redone. ARGS overrides fields, e.g.
+# ARGS="--lora_healing true --max_steps 500" or ARGS="--model_name_or_path Qwen/Qwen2.5-0.5B --num_blocks_to_drop 12".
+DROP_METHOD ?= angular_distance
+.PHONY: drop-layers
+drop-layers: install
+	$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) compress/drop_layers.py \
+		trainer_configs/drop_layers/gpt2_$(DROP_METHOD)_6.yaml --output_dir $(RUNS)/dropped/gpt2_$(DROP_METHOD)_6 $(ARGS)

@@ -392,3 +392,24 @@ def test_compact_pruned_form_is_described_by_its_runs_pruning_record(tmp_path):
     write_lm_eval_run(tmp_path / "eval", str(run_dir / "compact"), {"t": {"toxicity_mean": [0.1, 0.3]}})
     (info,) = rep.build_report([tmp_path / "eval"], resamples=100).models
     assert info.method == "head pruning" and info.heads == 7 and info.parameters == 90 and info.blocks == 2
+
+
+def test_a_dropped_model_is_described_by_its_layer_dropping_record(tmp_path):
+    """A shortened model is compared with the model it was cut from, like a distilled student of the same depth."""
+    teacher, dropped = tmp_path / "teacher", tmp_path / "dropped"
+    teacher.mkdir()
+    dropped.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12, "n_head": 12}))
+    (dropped / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 6, "n_head": 12}))
+    (dropped / "layer_dropping.json").write_text(json.dumps({
+        "model_name_or_path": str(teacher), "method": "angular_distance", "num_blocks": {"before": 12, "after": 6},
+        "blocks_removed": [5, 6, 7, 8, 9, 10], "perplexity_before": 30.0, "perplexity_after": 80.0,
+        "parameter_count": {"before": 1000, "after": 600}, "healing": {"perplexity_after_healing": 40.0}}))
+    write_lm_eval_run(tmp_path / "eval" / "teacher", str(teacher), {"t": {"toxicity_mean": [0.1, 0.3]}})
+    write_lm_eval_run(tmp_path / "eval" / "dropped", str(dropped), {"t": {"toxicity_mean": [0.2, 0.3]}})
+    models = {m.name: m for m in rep.build_report([tmp_path / "eval" / "teacher", tmp_path / "eval" / "dropped"],
+                                                  resamples=100).models}
+    info = models["dropped"]
+    assert (info.method, info.blocks, info.parameters, info.baseline) == ("layer dropping", 6, 600, "teacher")
+    assert info.baseline_source == "layer_dropping.json" and info.trainer_perplexity == 40.0
+    assert info.label == "dropped (6 blocks, dropped)" and models["teacher"].method == "original"

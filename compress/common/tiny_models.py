@@ -219,3 +219,4 @@ def build_tiny_causal(out_dir: str | Path, model_type: str, layers: int = 2, see
     model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out_dir)
     return model, tok
+

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from compress.report.results import ModelRun
 
-METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2, "quantization": 3, "sparsity": 4}
+METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2, "layer dropping": 3, "quantization": 4,
+                "sparsity": 5}
 
 
 @dataclass
@@ -17,9 +18,10 @@ class ModelInfo:
 
     name: str
     model: str
-    method: str  # original | distillation | head pruning
+    method: str  # original | distillation | head pruning | layer dropping
     baseline: str | None = None  # the name of the model it is compared against
-    baseline_source: str | None = None  # where that came from: distillation.json, pruning.json, --compare
+    baseline_source: str | None = None  # where that came from: distillation.json, pruning.json,
+    # layer_dropping.json, --compare
     init: str | None = None  # distillation: teacher | random
     blocks: int | None = None
     heads: int | None = None
@@ -61,6 +63,8 @@ class ModelInfo:
             return f"{self.name} (pruned to {self.heads} heads)"
         if self.method in ("quantization", "sparsity"):
             return f"{self.name} ({self.compression})"
+        if self.method == "layer dropping" and self.blocks:
+            return f"{self.name} ({self.blocks} blocks, dropped)"
         return self.name
 
 
@@ -126,6 +130,15 @@ def describe_model(run: ModelRun) -> ModelInfo:
     elif run.quantization or run.sparsity:
         _describe_post_training(info, run.quantization or run.sparsity, "quantization" if run.quantization
                                 else "sparsity")
+    elif run.layer_dropping:
+        record = run.layer_dropping
+        info.method = "layer dropping"
+        info.blocks = (record.get("num_blocks") or {}).get("after", info.blocks)
+        info.parameters = (record.get("parameter_count") or {}).get("after") or info.parameters
+        healing = record.get("healing") or {}
+        info.trainer_perplexity = _finite(healing.get("perplexity_after_healing", record.get("perplexity_after")))
+        info.baseline = record.get("model_name_or_path")
+        info.baseline_source = "layer_dropping.json"
     return info
 
 

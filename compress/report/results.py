@@ -5,7 +5,8 @@ arguments and parameter count) and, with `--log_samples`, `samples_<task>_<date>
 (one record per document: its values for every metric, under the metric's name). A model evaluated
 several times, or on different tasks at different times, has several results files: for each task
 the newest file that holds it wins. The model's own folder (`pretrained=` in the model arguments) may
-hold `distillation.json` or `pruning.json`, written by `compress/distill.py` and `compress/prune.py`;
+hold `distillation.json`, `pruning.json` or `layer_dropping.json`, written by `compress/distill.py`,
+`compress/prune.py` and `compress/drop_layers.py`;
 they say how the model was made.
 """
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 RESULT_GLOB = "results_*.json"
 NOT_METRICS = {"alias", "name", "sample_len", "samples", " "}
-TRAINER_RECORDS = ("distillation.json", "pruning.json", "quantization.json", "sparsity.json")
+TRAINER_RECORDS = ("distillation.json", "pruning.json", "quantization.json", "sparsity.json",
+                   "layer_dropping.json")
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ModelRun:
     pruning: dict | None = None
     quantization: dict | None = None  # quantization.json of compress/quantize.py
     sparsity: dict | None = None  # sparsity.json of compress/sparsify.py
+    layer_dropping: dict | None = None  # compress/drop_layers.py's record
     record_files: list[Path] = field(default_factory=list)
 
     @property
