@@ -72,8 +72,10 @@ def test_bf16_autocast_matches_autograd_within_bf16_tolerance():
     expected, _, _ = _reference(hidden, weight, teacher_hidden, teacher_weight, targets, valid, 2.0, 0.5, 0.5,
                                 matmul_dtype=torch.bfloat16)
     expected_grads = torch.autograd.grad(expected, (hidden, weight))
+    fp32_logits, _, _ = _reference(hidden, weight, teacher_hidden, teacher_weight, targets, valid, 2.0, 0.5, 0.5)
     assert loss.dtype == torch.float32
-    assert torch.allclose(loss, expected, rtol=1e-4)  # the same bf16 logits, the same fp32 loss on them
+    # The same bf16 logits as an autocast lm_head makes, the same fp32 loss on them (fp32 logits: 6e-5 off).
+    assert torch.allclose(loss, expected, rtol=1e-6) and not torch.allclose(fp32_logits, expected, rtol=1e-5)
     for grad, reference, master in zip(grads, expected_grads, (hidden, weight)):
         assert grad.dtype == master.dtype == torch.float32
         assert _relative_error(grad, reference) < 2e-2  # bf16 gradient matmuls: a few bf16 ulps
@@ -88,9 +90,12 @@ def test_fp16_gradients_do_not_underflow_before_the_loss_scale():
     positions, vocab, width = 1024, 16384, 32
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(positions, width, generator=g).half().requires_grad_()
-    weight = (torch.randn(vocab, width, generator=g) / width**0.5).half().requires_grad_()
+    # LM-head rows share a common direction (as trained embeddings do), so the many small softmax entries
+    # add up to a large part of the gradient: losing them changes it.
+    common = torch.randn(width, generator=g)
+    weight = ((torch.randn(vocab, width, generator=g) + common) / width**0.5).half().requires_grad_()
     teacher_hidden = torch.randn(positions, width, generator=g).half()
-    teacher_weight = (torch.randn(vocab, width, generator=g) / width**0.5).half()
+    teacher_weight = ((torch.randn(vocab, width, generator=g) + common) / width**0.5).half()
     targets = torch.randint(0, vocab, (positions,), generator=g)
     valid = torch.ones(positions, dtype=torch.bool)
     weights = (2.0**2 * 0.5 / positions, 0.5 / positions)
@@ -108,7 +113,7 @@ def test_fp16_gradients_do_not_underflow_before_the_loss_scale():
     assert (ce_logit_grad.half() == 0).float().mean() > 0.6  # 69% here
     for grad, reference in zip(grads, expected_grads):
         assert grad.dtype == torch.float16 and torch.isfinite(grad).all()
-        assert _relative_error(grad, reference) < 1e-2, _relative_error(grad, reference)
+        assert _relative_error(grad, reference) < 3e-3, _relative_error(grad, reference)  # with fp16 buffers: 1e-2
 
 
 def test_default_chunk_keeps_cpu_buffers_small_and_gpu_chunks_within_256_mib():
