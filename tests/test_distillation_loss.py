@@ -1,9 +1,12 @@
 """The distillation loss against an independent computation of its formula, and its chunking."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModelForCausalLM, TrainerCallback, default_data_collator
 
 from compress.distillation.config import DistillationConfig
 from compress.distillation.trainer import DistillationTrainer
@@ -123,3 +126,134 @@ def test_teacher_is_frozen_in_eval_mode_and_training_precision(models, tmp_path)
 def test_bad_loss_settings_are_refused(tmp_path, loss_args, message):
     with pytest.raises(ValueError, match=message):
         DistillationConfig(output_dir=str(tmp_path), use_cpu=True, **loss_args)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op makes (forward and backward), by element count."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.ops = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        self.ops += 1
+        return out
+
+
+def _long_batch(vocab, rows=3, length=40, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (rows, length), generator=g)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
+
+
+def test_a_training_step_never_makes_either_models_logits(models, tmp_path):
+    """Through the prepared student (bf16 autocast + convert_outputs_to_fp32), forward and backward."""
+    teacher, student = models
+    student = copy.deepcopy(student)
+    trainer = _trainer(AutoModelForCausalLM.from_pretrained(teacher.name_or_path), student, tmp_path, bf16=True,
+                       alpha_cos=0.5, kd_chunk_size=4)
+    prepared = trainer.accelerator.prepare(student)
+    assert hasattr(prepared.forward, "__wrapped__")  # accelerate's mixed-precision wrapper is on
+    vocab, width = student.config.vocab_size, student.config.n_embd
+    batch = _long_batch(vocab)
+    positions = batch["input_ids"].numel()
+    assert positions > 3 * width  # so a logit-sized tensor (positions x vocab) is far larger than a weight's
+    head_outputs = []
+    for model in (student, trainer.teacher):
+        model.lm_head.register_forward_hook(lambda module, args, output: head_outputs.append(output.numel()))
+    prepared.train()
+    with _LargestTensor() as largest:
+        loss = trainer.compute_loss(prepared, batch)
+        loss.backward()
+    assert largest.ops > 100 and loss.item() > 0 and student.lm_head.weight.grad is not None
+    assert head_outputs == [0]  # the student's head ran on no position, the teacher's never
+    # Nothing close to one model's logits for the batch: the largest tensors are the (vocab, width) head
+    # weight and its gradient; a chunk's logits are 4 x vocab.
+    assert largest.largest <= max(vocab * width, 4 * vocab) < positions * vocab // 3, (largest.largest, vocab, width)
+
+
+def test_teacher_runs_under_the_students_autocast(models, tmp_path):
+    teacher, student = models
+    trainer = _trainer(AutoModelForCausalLM.from_pretrained(teacher.name_or_path), copy.deepcopy(student), tmp_path,
+                       bf16=True)
+    prepared = trainer.accelerator.prepare(trainer.model)
+    seen = {}
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name] = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return hook
+
+    prepared.transformer.ln_f.register_forward_hook(record("student"))
+    trainer.teacher.transformer.ln_f.register_forward_hook(record("teacher"))
+    prepared.train()
+    trainer.compute_loss(prepared, _batch(teacher.config.vocab_size))
+    assert seen["student"] == (True, torch.bfloat16)
+    assert seen["teacher"] == seen["student"]
+
+
+class _GradientsBeforeTheStep(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+def _accumulated_gradient(student, teacher, batch, tmp_path, **config):
+    """The gradient the optimiser receives after one Trainer step (no clipping) over the examples of `batch`."""
+    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_grad_norm=0.0,
+                              max_steps=1, logging_steps=1, save_strategy="no", disable_tqdm=True, **config)
+    examples = [{key: value[i] for key, value in batch.items()} for i in range(len(batch["labels"]))]
+    callback = _GradientsBeforeTheStep()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=examples,
+                                  data_collator=default_data_collator, callbacks=[callback])
+    trainer.train()
+    return callback.grads
+
+
+@pytest.mark.parametrize(("config", "tolerance"), [
+    ({"gradient_accumulation_steps": 2, "per_device_train_batch_size": 2}, 1e-5),
+    ({"gradient_accumulation_steps": 4, "per_device_train_batch_size": 1, "gradient_checkpointing": True}, 1e-5),
+    ({"gradient_accumulation_steps": 2, "per_device_train_batch_size": 2, "bf16": True}, 5e-2),
+])
+def test_a_trainer_step_moves_the_student_by_the_full_batch_gradient(models, tmp_path, config, tolerance):
+    teacher, student = models
+    loss_args = {"temperature": 2.0, "alpha_kd": 0.6, "alpha_ce": 0.3, "alpha_cos": 0.4, "kd_chunk_size": 7}
+    batch = _long_batch(teacher.config.vocab_size, rows=4, length=12, seed=7)
+    reference_student = copy.deepcopy(student)
+    expected, _ = _reference_loss(teacher, reference_student, batch, **{k: loss_args[k] for k in (
+        "temperature", "alpha_kd", "alpha_ce", "alpha_cos")})
+    expected.backward()
+    expected_grads = {name: p.grad for name, p in reference_student.named_parameters()}
+    # All four sequences in one optimiser step, as micro-batches of 2 or 1.
+    moved = _accumulated_gradient(copy.deepcopy(student), AutoModelForCausalLM.from_pretrained(teacher.name_or_path),
+                                  batch, tmp_path, **loss_args, **config)
+    assert set(moved) == set(expected_grads)
+    for name, grad in expected_grads.items():
+        scale = grad.abs().max()
+        assert scale > 0, name
+        assert (moved[name] - grad).abs().max() <= tolerance * scale, (name, (moved[name] - grad).abs().max() / scale)
+
+
+def test_a_peft_adapter_on_the_lm_head_is_refused_and_elsewhere_works(models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    teacher, student = models
+    for peft_config in (LoraConfig(r=2, target_modules=["lm_head"]),
+                        LoraConfig(r=2, target_modules=["c_attn"], modules_to_save=["lm_head"])):
+        adapted = get_peft_model(copy.deepcopy(student), peft_config)
+        with pytest.raises(ValueError, match="LM head carries a PEFT adapter") as info:
+            _trainer(teacher, adapted, tmp_path)
+        assert "\n" not in str(info.value)
+    lora = LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False)
+    adapted = get_peft_model(copy.deepcopy(student), lora)
+    trainer = _trainer(teacher, adapted, tmp_path)
+    batch = _batch(teacher.config.vocab_size)
+    adapted.train()
+    loss = trainer.compute_loss(adapted, dict(batch))
+    expected, _ = _reference_loss(teacher, adapted, batch, 2.0, 0.5, 0.5, 0.0)
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for name, p in adapted.named_parameters() if p.requires_grad)
