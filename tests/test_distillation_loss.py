@@ -1,6 +1,11 @@
 """The distillation loss against an independent computation of its formula, and its chunking."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback, default_data_col
 from compress.distillation.config import DistillationConfig
 from compress.distillation.trainer import DistillationTrainer
 from compress.models.students import build_student
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _no_dropout(model):
@@ -257,3 +264,73 @@ def test_a_peft_adapter_on_the_lm_head_is_refused_and_elsewhere_works(models, tm
     assert torch.allclose(loss, expected, rtol=1e-5)
     loss.backward()
     assert all(p.grad is not None for name, p in adapted.named_parameters() if p.requires_grad)
+
+
+_DDP_WORKER = '''
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback, default_data_collator
+from compress.distillation.config import DistillationConfig
+from compress.distillation.trainer import DistillationTrainer
+from compress.models.students import build_student
+
+teacher_path, batch_path, out = sys.argv[1:4]
+batch = torch.load(batch_path)
+teacher = AutoModelForCausalLM.from_pretrained(teacher_path)
+student, _ = build_student(teacher, 2)
+for model in (teacher, student):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+seen = []
+
+class Recording(DistillationTrainer):
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        seen.extend(inputs["input_ids"].tolist())
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+class Gradients(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+args = DistillationConfig(output_dir=out, use_cpu=True, report_to="none", max_grad_norm=0.0, max_steps=1,
+                          per_device_train_batch_size=1, gradient_accumulation_steps=2, save_strategy="no",
+                          disable_tqdm=True, alpha_kd=0.6, alpha_ce=0.3, alpha_cos=0.4, kd_chunk_size=5)
+examples = [{key: value[i] for key, value in batch.items()} for i in range(len(batch["labels"]))]
+callback = Gradients()
+trainer = Recording(model=student, teacher_model=teacher, args=args, train_dataset=examples,
+                    data_collator=default_data_collator, callbacks=[callback])
+trainer.train()
+rank = trainer.args.process_index
+torch.save(callback.grads, f"{out}/grads{rank}.pt")
+with open(f"{out}/seen{rank}.json", "w") as f:
+    json.dump({"world_size": trainer.args.world_size, "seen": seen}, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_accumulate_the_full_batch_gradient(tiny_gpt2, tmp_path):
+    """DDP over gloo: each process its own two sequences, two micro-batches each; the all-reduced gradient is
+    the full-batch formula's (so the head weight used outside DDP's forward is synchronised too)."""
+    teacher = _no_dropout(AutoModelForCausalLM.from_pretrained(tiny_gpt2))
+    student, _ = build_student(teacher, 2)
+    student = _no_dropout(student)
+    batch = _long_batch(teacher.config.vocab_size, rows=4, length=12, seed=11)
+    torch.save(batch, tmp_path / "batch.pt")
+    (tmp_path / "worker.py").write_text(_DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(tmp_path / "worker.py"),
+               str(tiny_gpt2), str(tmp_path / "batch.pt"), str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"seen{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["world_size"] == 2 and len(r["seen"]) == 2 for r in ranks)  # really two processes, 2 sequences each
+    assert sorted(map(tuple, ranks[0]["seen"] + ranks[1]["seen"])) == sorted(map(tuple, batch["input_ids"].tolist()))
+    expected, _ = _reference_loss(teacher, student, batch, 2.0, 0.6, 0.3, 0.4)
+    expected.backward()
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        for name, p in student.named_parameters():
+            scale = p.grad.abs().max()
+            assert scale > 0 and (grads[name] - p.grad).abs().max() <= 1e-5 * scale, (rank, name)
