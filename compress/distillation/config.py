@@ -65,8 +65,14 @@ class DistillationConfig(TrainingArguments):
         default=None, metadata={"help": "Token positions per chunk of the fused KD/CE loss (both models' logits are "
                                         "made only a chunk at a time, from the hidden states and LM heads); default: "
                                         "on CPU as fit 8 MiB of fp32 logits, on GPU up to 1024 within 256 MiB."})
+    kd_loss_backend: str = field(
+        default="torch", metadata={"help": "torch: the fused loss in plain PyTorch (fused_loss.py, the tested default);"
+                                           " liger: Liger Kernel's fused linear JSD at beta 0, the same loss, compiled "
+                                           "on GPU (pip install 'compfair[gpu]'; not with fp16)."})
 
     def __post_init__(self):
+        if self.kd_loss_backend not in ("torch", "liger"):
+            raise ValueError(f"kd_loss_backend must be torch or liger, got {self.kd_loss_backend!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         weights = {"alpha_kd": self.alpha_kd, "alpha_ce": self.alpha_ce, "alpha_cos": self.alpha_cos}

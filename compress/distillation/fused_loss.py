@@ -161,3 +161,45 @@ def fused_distillation_loss(student_hidden: torch.Tensor, student_weight: torch.
                                                    targets.reshape(-1), valid.reshape(-1), temperature, kd_weight,
                                                    ce_weight, chunk_size)
     return loss, sums[0], sums[1]
+
+
+LIGER_REQUIREMENT = "liger-kernel>=0.6.4,<0.9"
+
+
+def liger_distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
+                            teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, targets: torch.Tensor,
+                            temperature: float, alpha_kd: float, alpha_ce: float, chunk_size: int | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(alpha_kd * T^2 * mean KL + alpha_ce * mean CE, mean KL, mean CE) through Liger Kernel's fused linear JSD.
+
+    Liger's generalised JSD at beta = 0 is KL(teacher_T || student_T), its "soft" loss without the T^2
+    factor (folded into its weight here), its "hard" loss the cross-entropy; both are means over the
+    targets that are not -100, which `next_token_targets` sets wherever a position does not count. Its
+    chunks are compiled with torch.compile on an accelerator; on CPU it runs eagerly (as the tests do).
+    fp16 is refused: Liger keeps the input gradient in the inputs' dtype before the loss scale. bf16 is
+    accepted only under CUDA autocast, which runs `log_softmax` in fp32; Liger itself takes the softmaxes
+    in the logits' dtype.
+    """
+    try:
+        from liger_kernel.chunked_loss.jsd_loss import LigerFusedLinearJSDFunction
+    except ImportError:
+        raise ValueError(f"kd_loss_backend: liger needs {LIGER_REQUIREMENT} (pip install 'compfair[gpu]')") from None
+    device = student_hidden.device
+    autocast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    low = {t.dtype for t in (student_hidden, student_weight, teacher_hidden, teacher_weight)} - {torch.float32}
+    if torch.float16 in low or autocast == torch.float16:
+        raise ValueError("kd_loss_backend: liger does not support fp16 (its gradients would underflow before the "
+                         "loss scale); use bf16 or kd_loss_backend: torch")
+    if (low or autocast is not None) and (autocast is None or device.type == "cpu"):
+        # Liger takes the softmaxes in the logits' dtype: only CUDA autocast upcasts log_softmax to fp32. In bf16
+        # the KL of two close distributions then loses most of its digits (5x off on the tiny test model).
+        raise ValueError("kd_loss_backend: liger needs fp32, or bf16 through CUDA autocast (which takes its "
+                         "softmaxes in fp32); elsewhere use kd_loss_backend: torch")
+    vocab, width = student_weight.shape
+    if chunk_size is None or chunk_size <= 0:
+        chunk_size = default_chunk_size(device, vocab)
+    loss, soft, hard = LigerFusedLinearJSDFunction.apply(
+        student_hidden.reshape(-1, width), student_weight, teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+        teacher_weight, targets.reshape(-1), None, None, alpha_ce, alpha_kd * temperature**2, 0.0, IGNORE_INDEX,
+        temperature, device.type != "cpu", chunk_size, True)
+    return loss, soft.detach(), hard.detach()

@@ -30,7 +30,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel, Trainer
 
 from compress.distillation.config import DistillationConfig
-from compress.distillation.fused_loss import IGNORE_INDEX, fused_distillation_loss
+from compress.distillation.fused_loss import IGNORE_INDEX, fused_distillation_loss, liger_distillation_loss
 
 # Config fields with which logits are not `hidden @ head.weight.T`: the fused loss would compute other numbers.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
@@ -185,11 +185,17 @@ class DistillationTrainer(Trainer):
                 teacher_hidden = _base_model(self.teacher).get_decoder()(**model_inputs)[0]
         kd_scale = args.temperature**2 / positions
         with self.accelerator.autocast():
-            loss, kd_sum, ce_sum = fused_distillation_loss(
-                hidden, weight, teacher_hidden if args.alpha_kd > 0 else None, head_weight(self.teacher, "teacher"),
-                targets, valid, args.temperature, args.alpha_kd * kd_scale, args.alpha_ce / positions,
-                args.kd_chunk_size)
-        parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
+            if args.kd_loss_backend == "liger" and args.alpha_kd > 0:
+                loss, kd_mean, ce_mean = liger_distillation_loss(
+                    hidden, weight, teacher_hidden, head_weight(self.teacher, "teacher"), targets, args.temperature,
+                    args.alpha_kd, args.alpha_ce, args.kd_chunk_size)
+                parts = {"kd": kd_mean * args.temperature**2, "ce": ce_mean}
+            else:
+                loss, kd_sum, ce_sum = fused_distillation_loss(
+                    hidden, weight, teacher_hidden if args.alpha_kd > 0 else None, head_weight(self.teacher, "teacher"),
+                    targets, valid, args.temperature, args.alpha_kd * kd_scale, args.alpha_ce / positions,
+                    args.kd_chunk_size)
+                parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
         if args.alpha_cos > 0:
             parts["cos"] = hidden_cosine_loss(hidden, teacher_hidden, valid)
             loss = loss + args.alpha_cos * parts["cos"]
