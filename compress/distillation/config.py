@@ -42,22 +42,37 @@ class DistillationConfig(TrainingArguments):
          + alpha_cos * (1 - cosine(student hidden, teacher hidden))
 
     (DistilBERT / DistilGPT2), each term averaged over the predicted positions.
+
+    Names: DistilBERT's `train.py` (huggingface/transformers examples/research_projects/distillation) calls
+    the KD term `alpha_ce` and the next-token (causal LM) term `alpha_clm`, its MLM term `alpha_mlm`, its
+    cosine term `alpha_cos`. Here the KD term is `alpha_kd` and the next-token term `alpha_ce`, so a
+    published recipe maps as  DistilBERT alpha_ce -> alpha_kd,  alpha_clm -> alpha_ce,  alpha_cos -> alpha_cos
+    (`--alpha_ce 5.0 --alpha_clm 2.0 --alpha_cos 1.0` there is `alpha_kd: 5.0, alpha_ce: 2.0, alpha_cos: 1.0`
+    here; its KD term is also a per-position mean times T^2); copying `alpha_ce` across unchanged swaps the
+    weights of the two terms.
     """
 
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature T of the KD term."})
-    alpha_kd: float = field(default=0.5, metadata={"help": "Weight of the KL term (multiplied by T^2)."})
-    alpha_ce: float = field(default=0.5, metadata={"help": "Weight of the student's next-token cross-entropy."})
+    alpha_kd: float = field(default=0.5, metadata={
+        "help": "Weight of the KL term (multiplied by T^2); DistilBERT/DistilGPT2's train.py calls it alpha_ce."})
+    alpha_ce: float = field(default=0.5, metadata={
+        "help": "Weight of the student's next-token cross-entropy; DistilBERT/DistilGPT2's train.py calls it "
+                "alpha_clm (its alpha_ce is our alpha_kd)."})
     alpha_cos: float = field(
-        default=0.0, metadata={"help": "Weight of the cosine loss between last hidden states (0 skips it)."})
+        default=0.0, metadata={"help": "Weight of the cosine loss between last hidden states (0 skips it); the same "
+                                       "name in DistilBERT's train.py."})
     kd_chunk_size: int | None = field(
-        default=None, metadata={"help": "Token positions per chunk of the KD/CE loss, computed in fp32 a chunk at "
-                                        "a time with its gradient; 0: plain autograd in one piece; default: 1024 "
-                                        "on GPU, on CPU as many as fit 8 MiB of fp32 logits."})
-    compile_loss: bool = field(
-        default=False, metadata={"help": "Fuse each chunk of the KD/CE loss with torch.compile (faster, above all on "
-                                         "GPU; the first steps spend about a minute compiling)."})
+        default=None, metadata={"help": "Token positions per chunk of the fused KD/CE loss (both models' logits are "
+                                        "made only a chunk at a time, from the hidden states and LM heads); default: "
+                                        "on CPU as fit 8 MiB of fp32 logits, on GPU up to 1024 within 256 MiB."})
+    kd_loss_backend: str = field(
+        default="torch", metadata={"help": "torch: the fused loss in plain PyTorch (fused_loss.py, the tested default);"
+                                           " liger: Liger Kernel's fused linear JSD at beta 0, the same loss, compiled "
+                                           "on GPU (pip install 'compfair[gpu]'; not with fp16)."})
 
     def __post_init__(self):
+        if self.kd_loss_backend not in ("torch", "liger"):
+            raise ValueError(f"kd_loss_backend must be torch or liger, got {self.kd_loss_backend!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         weights = {"alpha_kd": self.alpha_kd, "alpha_ce": self.alpha_ce, "alpha_cos": self.alpha_cos}
@@ -66,6 +81,6 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"{negative[0]} must be >= 0, got {weights[negative[0]]}")
         if not any(weights.values()):
             raise ValueError("alpha_kd, alpha_ce and alpha_cos are all 0: there is nothing to train on")
-        if self.kd_chunk_size is not None and self.kd_chunk_size < 0:
-            raise ValueError(f"kd_chunk_size must be >= 0, got {self.kd_chunk_size}")
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size must be >= 1 (or unset for the default), got {self.kd_chunk_size}")
         super().__post_init__()

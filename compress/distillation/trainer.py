@@ -9,6 +9,11 @@ Every term is a mean over the predicted positions: a position counts when its ne
 training (optimiser, schedule, mixed precision, DDP/FSDP/DeepSpeed, checkpoints, resuming with the
 same data order) is the Trainer's.
 
+Neither model's logits are ever made for the whole batch: the student runs through its prepared forward
+(DDP, autocast) with `logits_to_keep` set to no position, a forward hook on its decoder keeps the last
+hidden states, the teacher runs its decoder alone, and `fused_loss.fused_distillation_loss` computes the
+KD and CE terms from the hidden states and the two LM-head weights a chunk of positions at a time.
+
 Evaluation measures the student alone: `eval_loss` is its next-token cross-entropy, so
 `eval_perplexity = exp(eval_loss)` (logged with it) is the usual perplexity and the best checkpoint is
 the one that models the validation text best.
@@ -16,16 +21,19 @@ the one that models the validation text best.
 
 from __future__ import annotations
 
-import functools
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel, Trainer
 
 from compress.distillation.config import DistillationConfig
+from compress.distillation.fused_loss import IGNORE_INDEX, fused_distillation_loss, liger_distillation_loss
 
-IGNORE_INDEX = -100
+# Config fields with which logits are not `hidden @ head.weight.T`: the fused loss would compute other numbers.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
 def next_token_targets(labels: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -44,133 +52,6 @@ def next_token_targets(labels: torch.Tensor, attention_mask: torch.Tensor | None
     return targets.masked_fill(~valid, IGNORE_INDEX), valid
 
 
-def _logit_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-                 valid: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums of KL(teacher_T || student_T) and of cross-entropy over the valid rows, by plain autograd.
-
-    Every intermediate is a logit-sized fp32 tensor kept for backward: the reference the chunked
-    version is tested and benchmarked against.
-    """
-    student = student_logits.float()
-    ce = F.cross_entropy(student, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    if teacher_logits is None:
-        return ce.new_zeros(()), ce
-    student_log_probs = F.log_softmax(student / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1)
-    return (kl * valid).sum(), ce
-
-
-def _chunk_terms_and_grad(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor,
-                          valid: torch.Tensor, temperature: float, kd_weight: torch.Tensor, ce_weight: torch.Tensor,
-                          with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """KL sum, CE sum and the gradient of kd_weight * KL + ce_weight * CE w.r.t. one chunk of student rows.
-
-    d CE / d s = softmax(s) - onehot(target);  d KL / d s = (softmax(s / T) - softmax(t / T)) / T.
-    Each vocab-sized buffer is reused in place once its value has been read, so a chunk holds at most
-    four of them and makes few passes over memory; `torch.compile` fuses the same code further.
-    """
-    student = student.float()
-    keep = valid.unsqueeze(1)
-    safe_targets = targets.clamp(min=0).unsqueeze(1)  # ignored rows are masked by `keep`
-    log_probs = F.log_softmax(student, dim=-1)
-    ce = -(log_probs.gather(1, safe_targets).squeeze(1) * valid).sum()
-    kd, grad = ce.new_zeros(()), None
-    if with_grad:
-        ce_scale = ce_weight * keep
-        grad = log_probs.exp_().mul_(ce_scale).scatter_add_(1, safe_targets, -ce_scale)
-    if teacher is not None:
-        student_log_probs = F.log_softmax(student / temperature, dim=-1)
-        teacher_log_probs = F.log_softmax(teacher.float() / temperature, dim=-1)
-        teacher_probs = teacher_log_probs.exp()
-        kl_rows = teacher_log_probs.sub_(student_log_probs).mul_(teacher_probs).sum(-1)
-        kd = (kl_rows * valid).sum()
-        if with_grad:
-            grad = grad.add_(student_log_probs.exp_().sub_(teacher_probs).mul_(kd_weight / temperature * keep))
-    return kd, ce, grad
-
-
-@functools.cache
-def _compiled_chunk_terms_and_grad():
-    return torch.compile(_chunk_terms_and_grad, dynamic=False)  # compiled on first use, once per process
-
-
-class _ChunkedLogitLoss(torch.autograd.Function):
-    """kd_weight * KL sum + ce_weight * CE sum over `(rows, vocab)` logits, a chunk of rows at a time.
-
-    The gradient w.r.t. the student logits is written during the forward, chunk by chunk, into one
-    buffer of the logits' own dtype, so no logit-sized fp32 intermediate is kept for backward and
-    nothing is recomputed (the approach of chunked loss kernels such as Liger's).
-    """
-
-    @staticmethod
-    def forward(ctx, student, teacher, targets, valid, temperature, kd_weight, ce_weight, chunk_size, compile_loss):
-        terms_and_grad = _compiled_chunk_terms_and_grad() if compile_loss else _chunk_terms_and_grad
-        grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
-        kd_total = torch.zeros((), dtype=torch.float32, device=student.device)
-        ce_total = torch.zeros((), dtype=torch.float32, device=student.device)
-        for start in range(0, student.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            kd, ce, chunk_grad = terms_and_grad(student[rows], None if teacher is None else teacher[rows],
-                                                targets[rows], valid[rows], temperature, kd_weight, ce_weight,
-                                                grad is not None)
-            kd_total, ce_total = kd_total + kd, ce_total + ce
-            if grad is not None:
-                grad[rows] = chunk_grad
-            del chunk_grad
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        sums = torch.stack([kd_total, ce_total])
-        ctx.mark_non_differentiable(sums)
-        return kd_weight * kd_total + ce_weight * ce_total, sums
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_sums):
-        (grad,) = ctx.saved_tensors
-        # In place: the buffer is used once (a second backward through the same graph is not supported).
-        return grad.mul_(grad_loss.to(grad.dtype)), None, None, None, None, None, None, None, None
-
-
-def default_chunk_size(device: torch.device, vocab_size: int) -> int:
-    """Positions per loss chunk: 1024 on an accelerator; on CPU, as many as fit 8 MiB of fp32 logits.
-
-    On CPU, glibc hands buffers larger than its mmap threshold (at most 32 MiB) back to the OS when they
-    are freed, so every chunk's fresh buffers would fault their pages in again; below it they are reused,
-    which makes small chunks about twice as fast there.
-    """
-    if device.type != "cpu":
-        return 1024
-    return max(1, (8 << 20) // (4 * vocab_size))
-
-
-def distillation_logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                            targets: torch.Tensor, valid: torch.Tensor, temperature: float,
-                            kd_weight: torch.Tensor | float, ce_weight: torch.Tensor | float,
-                            chunk_size: int | None = None, compile_loss: bool = False
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(kd_weight * KL sum + ce_weight * CE sum, KL sum, CE sum) over the valid positions.
-
-    KL is taken at `temperature`, cross-entropy at 1; `teacher_logits=None` leaves the KL out (0).
-    `chunk_size > 0` upcasts and differentiates `chunk_size` positions at a time, so the loss holds no
-    full fp32 copy of either logit tensor; `chunk_size = 0` is plain autograd in one piece; `None` picks
-    `default_chunk_size`. The sums are detached (for logging); the first value carries the gradient.
-    """
-    vocab = student_logits.shape[-1]
-    if chunk_size is None:
-        chunk_size = default_chunk_size(student_logits.device, vocab)
-    student_rows = student_logits.reshape(-1, vocab)
-    teacher_rows = None if teacher_logits is None else teacher_logits.reshape(-1, vocab)
-    target_rows, valid_rows = targets.reshape(-1), valid.reshape(-1)
-    if chunk_size <= 0:
-        kd, ce = _logit_terms(student_rows, teacher_rows, target_rows, valid_rows, temperature)
-        return kd_weight * kd + ce_weight * ce, kd.detach(), ce.detach()
-    device = student_rows.device
-    kd_weight, ce_weight = (torch.as_tensor(w, dtype=torch.float32, device=device) for w in (kd_weight, ce_weight))
-    loss, sums = _ChunkedLogitLoss.apply(student_rows, teacher_rows, target_rows, valid_rows, temperature,
-                                         kd_weight, ce_weight, chunk_size, compile_loss)
-    return loss, sums[0], sums[1]
-
-
 def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, valid: torch.Tensor
                        ) -> torch.Tensor:
     """Mean of 1 - cos(student, teacher) over the valid positions (DistilBERT's cosine embedding loss)."""
@@ -185,6 +66,67 @@ def perplexity(loss: float) -> float:
         return float("inf")
 
 
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under DDP / DeepSpeed / torch.compile and PEFT wrappers."""
+    model = extract_model_from_parallel(model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def check_fused_head(model: torch.nn.Module, who: str) -> None:
+    """Refuses, in one line, a model whose logits the fused loss cannot compute as `hidden @ head.weight.T`."""
+    base = _base_model(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(f"the {who} ({type(base).__name__}) has no LM head (get_output_embeddings() is None)")
+    if type(head).__module__.startswith("peft") or hasattr(head, "base_layer"):
+        raise ValueError(f"the {who}'s LM head carries a PEFT adapter or wrapper ({type(head).__name__}), which the "
+                         "fused distillation loss reads around; leave lm_head out of target_modules and "
+                         "modules_to_save")
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        kind = type(head).__name__ + (" with a bias" if isinstance(head, torch.nn.Linear) else "")
+        raise ValueError(f"the {who}'s LM head is a {kind}; the fused distillation loss needs a bias-free nn.Linear")
+    for config in (base.config, getattr(base.config, "text_config", None)):
+        for name in _LOGIT_TRANSFORMS:
+            value = getattr(config, name, None) if config is not None else None
+            if value not in (None, 1, 1.0):
+                raise ValueError(f"the {who}'s config sets {name}={value}, which the fused distillation loss does not "
+                                 "apply to the logits")
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        raise ValueError(f"the {who} ({type(base).__name__}) has no logits_to_keep argument in forward, which the "
+                         "trainer needs to run it without its full logits")
+
+
+def head_weight(model: torch.nn.Module, who: str) -> torch.Tensor:
+    """The LM-head weight as the loss reads it between forward and backward, which must be whole (not sharded)."""
+    weight = _base_model(model).get_output_embeddings().weight
+    if type(weight).__name__ == "DTensor" or weight.dim() != 2:
+        raise ValueError(f"the {who}'s LM head weight is sharded ({type(weight).__name__} {tuple(weight.shape)}); the "
+                         "fused distillation loss needs it whole between forward and backward: under FSDP2 leave "
+                         "lm_head (and tied embeddings) in the root module, whose parameters stay unsharded after "
+                         "forward, not in an FSDP unit of its own")
+    return weight
+
+
+def decoder_hidden_states(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, object]:
+    """(last hidden states, outputs) of a causal LM called as `model(**inputs)`, with no position's logits.
+
+    The call goes through `model` itself, so whatever wraps its forward (DDP, FSDP, accelerate's autocast
+    and `convert_outputs_to_fp32`) runs as in training; `logits_to_keep` is an empty index, so the LM head
+    maps zero positions, and a forward hook on the decoder keeps its output before any wrapper sees it.
+    """
+    decoder = _base_model(model).get_decoder()
+    captured = []
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        no_position = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
+        outputs = model(**inputs, logits_to_keep=no_position)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"expected one call of the decoder {type(decoder).__name__}, saw {len(captured)}")
+    return captured[0], outputs
+
+
 class DistillationTrainer(Trainer):
     """`Trainer` with a frozen teacher and the distillation loss of `DistillationConfig`."""
 
@@ -196,12 +138,17 @@ class DistillationTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         # The loss is computed here, not by the model: no need for the Trainer to count tokens every step.
         self.model_accepts_loss_kwargs = False
+        if self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+            raise ValueError("FSDP1 is not supported by the fused distillation loss (it reads the student's LM head "
+                             "between forward and backward); set fsdp_version: 2 in the accelerate config")
+        check_fused_head(model, "student")
+        check_fused_head(teacher_model, "teacher")
         self.teacher = self._prepare_teacher(teacher_model)
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._loss_micro_batches = 0
 
     def _prepare_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
-        """Frozen, in eval mode, on this process's device, in the training precision.
+        """Frozen, in eval mode, on this process's device, its weights in the training precision.
 
         Each process holds a full copy (a few hundred MB for GPT-2); the student is the model that
         DDP/FSDP/DeepSpeed wrap. DeepSpeed ZeRO-3 would partition the teacher's weights at load time,
@@ -216,29 +163,41 @@ class DistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
+        # Labels stay out of the forward: the model's own loss would need all of its logits.
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
         targets, valid = next_token_targets(labels, inputs.get("attention_mask"))
         positions = valid.sum().clamp(min=1)
         args = self.args
+        hidden, outputs = decoder_hidden_states(model, model_inputs)
+        weight = head_weight(model, "student")
 
         if not model.training:  # evaluation: the student's own next-token loss
-            outputs = model(**model_inputs)
-            loss, _, _ = distillation_logit_loss(outputs.logits, None, targets, valid, 1.0, 0.0, 1 / positions,
-                                                 args.kd_chunk_size, args.compile_loss)
+            with self.accelerator.autocast():
+                loss, _, _ = fused_distillation_loss(hidden, weight, None, None, targets, valid, 1.0, 0.0,
+                                                     1 / positions, args.kd_chunk_size)
             return (loss, outputs) if return_outputs else loss
 
-        use_hidden = args.alpha_cos > 0
-        # Labels stay out of the forward: the model's own loss would upcast all logits to fp32 at once.
-        outputs = model(**model_inputs, output_hidden_states=use_hidden)
-        with torch.no_grad():
-            teacher_outputs = self.teacher(**model_inputs, output_hidden_states=use_hidden)
+        # The teacher under the student's autocast (its LayerNorms and softmaxes in fp32 as the student's are),
+        # its decoder alone: its logits are made a chunk at a time inside the loss.
+        teacher_hidden = None
+        if args.alpha_kd > 0 or args.alpha_cos > 0:
+            with torch.no_grad(), self.accelerator.autocast():
+                teacher_hidden = _base_model(self.teacher).get_decoder()(**model_inputs)[0]
         kd_scale = args.temperature**2 / positions
-        loss, kd_sum, ce_sum = distillation_logit_loss(
-            outputs.logits, teacher_outputs.logits if args.alpha_kd > 0 else None, targets, valid, args.temperature,
-            args.alpha_kd * kd_scale, args.alpha_ce / positions, args.kd_chunk_size, args.compile_loss)
-        parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
-        if use_hidden:
-            parts["cos"] = hidden_cosine_loss(outputs.hidden_states[-1], teacher_outputs.hidden_states[-1], valid)
+        with self.accelerator.autocast():
+            if args.kd_loss_backend == "liger" and args.alpha_kd > 0:
+                loss, kd_mean, ce_mean = liger_distillation_loss(
+                    hidden, weight, teacher_hidden, head_weight(self.teacher, "teacher"), targets, args.temperature,
+                    args.alpha_kd, args.alpha_ce, args.kd_chunk_size)
+                parts = {"kd": kd_mean * args.temperature**2, "ce": ce_mean}
+            else:
+                loss, kd_sum, ce_sum = fused_distillation_loss(
+                    hidden, weight, teacher_hidden if args.alpha_kd > 0 else None, head_weight(self.teacher, "teacher"),
+                    targets, valid, args.temperature, args.alpha_kd * kd_scale, args.alpha_ce / positions,
+                    args.kd_chunk_size)
+                parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
+        if args.alpha_cos > 0:
+            parts["cos"] = hidden_cosine_loss(hidden, teacher_hidden, valid)
             loss = loss + args.alpha_cos * parts["cos"]
         if args.alpha_kd == 0:
             del parts["kd"]

@@ -242,8 +242,7 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
                 "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no",
                 "--load_best_model_at_end", "false", "--logging_steps", str(max(1, args.distill_steps // 4)),
-                # torch.compile would spend longer compiling than these few steps take (and needs a C compiler)
-                "--compile_loss", "false", "--output_dir", str(out), *cpu], script=True)))
+                "--output_dir", str(out), *cpu], script=True)))
     for subset in args.prune_samples:
         out = runs / "pruned" / f"pruned_{subset}"
         models.append(Model(f"pruned_{subset}", "pruned", str(out), done_file="pruning.json", build=Step(
