@@ -188,21 +188,58 @@ def test_explicit_layer_list_from_yaml_or_flag(tmp_path):
         parse_config_and_flags(arguments, [str(config), "--layer_selection", "middle"])
 
 
+SAVE_LOGGER = """\
+import os
+if os.environ.get("COMPFAIR_SAVE_LOG"):  # the test's record of which process writes which weights file
+    import safetensors.torch as _st
+    _save_file = _st.save_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        with open(os.environ["COMPFAIR_SAVE_LOG"], "a") as log:
+            log.write(f"{os.environ.get('RANK', 'none')} {os.path.basename(str(filename))}\\n")
+        return _save_file(tensors, filename, *args, **kwargs)
+
+    _st.save_file = save_file
+"""
+
+
 @pytest.mark.slow
 def test_two_process_cpu_launch_saves_one_model(tiny_gpt2, train_file, tmp_path):
+    # A teacher without dropout: the two-process and the one-process runs then take the same steps.
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_gpt2, teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                     "attn_pdrop": 0.0}))
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SAVE_LOGGER)
+    save_log = tmp_path / "saves.log"
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COMPFAIR_SAVE_LOG": str(save_log),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
     # `--multi_gpu` selects accelerate's torchrun launcher; with `--use_cpu true` the processes use gloo on CPU.
     command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "compress" / "distill.py"), *_flags(tiny_gpt2, train_file, out, max_steps=3,
+               str(REPO / "compress" / "distill.py"), *_flags(teacher, train_file, out, max_steps=3,
                                                               per_device_train_batch_size=4)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    # both ranks ran, and only rank 0 wrote the weights
+    assert save_log.read_text().splitlines() == ["0 model.safetensors"]
     summary = json.loads((out / "distillation.json").read_text())
     state = json.loads((out / "trainer_state.json").read_text())
     # Two processes of 4 blocks per step: 3 steps cover 24 of the training blocks.
     assert state["global_step"] == 3
     assert state["epoch"] == pytest.approx(3 * 4 * 2 / summary["train_blocks"], rel=0.1)
     assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+    # One process with the same 8 blocks per step trains the same weights
+    single = tmp_path / "single"
+    main(_flags(teacher, train_file, single, max_steps=3, per_device_train_batch_size=8))
+    two, one = load_file(out / "model.safetensors"), load_file(single / "model.safetensors")
+    initial = AutoModelForCausalLM.from_pretrained(teacher).state_dict()
+    assert set(two) == set(one)
+    assert not torch.allclose(two["transformer.h.1.attn.c_attn.weight"], initial["transformer.h.3.attn.c_attn.weight"])
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=key)
