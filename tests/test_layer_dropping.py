@@ -449,3 +449,28 @@ def test_study_configs_drop_six_of_gpt2s_twelve_blocks_and_differ_only_in_the_me
         assert (data.dataset_name, data.dataset_config_name) == ("Salesforce/wikitext", "wikitext-103-raw-v1")
         parsed[method] = {**config.to_dict(), **vars(data), "method": None, "output_dir": None, "logging_dir": None}
     assert parsed["angular_distance"] == parsed["block_influence"]
+
+
+@pytest.mark.slow
+def test_two_processes_choose_the_same_blocks_as_one(tmp_path, models, train_file):
+    """The script run as a file by `accelerate launch`, data-parallel on CPU: 13 calibration blocks and the
+    validation blocks split unevenly over two processes; scores, blocks and perplexities match one process's."""
+    import os
+
+    flags = ["--model_name_or_path", str(models["llama"]), "--train_file", str(train_file), "--block_size", "32",
+             "--num_samples", "13", "--per_device_eval_batch_size", "4", "--num_blocks_to_drop", "2",
+             "--method", "block_influence", "--disable_tqdm", "true", "--use_cpu", "true", "--report_to", "none"]
+    single = drop_layers.main([*flags, "--output_dir", str(tmp_path / "one")])
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "compress" / "drop_layers.py"), *flags, "--output_dir", str(tmp_path / "two")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("removed blocks") == 1  # printed by the main process only
+    double = json.loads((tmp_path / "two" / RECORD_FILE).read_text())
+    assert double["calibration"]["tokens"] == single["calibration"]["tokens"] == 13 * 32
+    assert double["scores"] == pytest.approx(single["scores"], rel=1e-9)
+    assert double["blocks_removed"] == single["blocks_removed"]
+    assert double["perplexity_before"] == pytest.approx(single["perplexity_before"], rel=1e-6)
+    assert double["perplexity_after"] == pytest.approx(single["perplexity_after"], rel=1e-6)
