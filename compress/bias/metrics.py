@@ -35,9 +35,19 @@ COUNT_NAMES = {"stereotype": "stereotype_count", "anti-stereotype": "anti_stereo
 BOOTSTRAP_ITERS = 1000
 
 
-def stereoset_item(target: str, domain: str, scores: Mapping[str, float]) -> dict:
-    """The per-document value: {"target", "domain", "stereotype", "anti-stereotype", "unrelated"}."""
-    return {"target": target, "domain": domain, **{label: float(scores[label]) for label in LABELS}}
+def stereoset_item(target: str, domain: str, scores: Mapping[str, float], doc_id: str | None = None) -> dict:
+    """The per-document value: {"target", "domain", "stereotype", "anti-stereotype", "unrelated"}, and the
+    example's "id" when given (it fixes the order the bootstrap resamples in)."""
+    item = {"target": target, "domain": domain, **{label: float(scores[label]) for label in LABELS}}
+    return item if doc_id is None else {"id": str(doc_id), **item}
+
+
+def document_order(items: Iterable[Mapping]) -> list[Mapping]:
+    """The items in an order fixed by the documents (example id, then content), not by the order they arrived
+    in: under data parallelism lm-eval gathers each process's share in turn, so the same documents arrive in
+    another order, and a seeded bootstrap would draw other resamples from them."""
+    return sorted(items, key=lambda item: (str(item.get("id", "")), str(item["target"]), str(item["domain"]),
+                                           *(float(item[label]) for label in LABELS)))
 
 
 def top_choice(item: Mapping) -> str:
@@ -73,7 +83,8 @@ def icat(ss: float, lms: float) -> float:
 
 def stereoset_bootstrap_stderr(items: Sequence[Mapping], iters: int = BOOTSTRAP_ITERS,
                                seed: int = 0) -> dict[str, float]:
-    """Bootstrap standard errors of ss, lms and icat: documents resampled with replacement, `iters` times.
+    """Bootstrap standard errors of ss, lms and icat: documents resampled with replacement, `iters` times,
+    in `document_order`, so the same documents give the same errors however they were split between processes.
 
     Vectorised: each replicate's per-target tallies come from one `bincount` over all replicates, so a
     thousand replicates of a full StereoSet split take well under a second.
@@ -81,6 +92,7 @@ def stereoset_bootstrap_stderr(items: Sequence[Mapping], iters: int = BOOTSTRAP_
     n = len(items)
     if n < 2:
         return {"ss": math.nan, "lms": math.nan, "icat": math.nan}
+    items = document_order(items)
     targets = {t: i for i, t in enumerate(dict.fromkeys(item["target"] for item in items))}
     target_of = np.array([targets[item["target"]] for item in items])
     scores = np.array([[item[label] for label in LABELS] for item in items], dtype=float)

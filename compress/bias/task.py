@@ -15,7 +15,7 @@ hands each document the sums per sentence.
 Per-document values (what `--log_samples` records under each metric name):
 
     StereoSet  ss, lms, icat and their per-domain forms (ss_gender, ...): the self-describing item
-               {"target", "domain", "stereotype", "anti-stereotype", "unrelated"} of sentence scores
+               {"id", "target", "domain", "stereotype", "anti-stereotype", "unrelated"} of sentence scores
                (per-token geometric-mean probabilities); `compress.bias.metrics.stereoset_scores(items)`
                turns a list of them into the official numbers. The three counts: 0 or 1.
     WinoBias   anti_count (0/1, summed), anti_rate, pro_rate, bias_gap (percent, averaged), over minimal
@@ -154,7 +154,7 @@ def stereoset_results(doc: dict, logliks: Sequence[float]) -> dict:
     """Per-document values of a StereoSet task (see the module docstring)."""
     scores = {sentence["label"]: math.exp(loglik / sentence["n_tokens"])
               for sentence, loglik in zip(doc["sentences"], logliks, strict=True)}
-    item = bias_metrics.stereoset_item(doc["target"], doc["bias_type"], scores)
+    item = bias_metrics.stereoset_item(doc["target"], doc["bias_type"], scores, doc_id=doc["id"])
     results = {}
     for domain in (None, *bias_metrics.DOMAINS):
         for score in STEREOSET_SCORES:

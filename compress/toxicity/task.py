@@ -22,10 +22,10 @@ import functools
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Iterable
 
 from lm_eval.api.filter import Filter
+from lm_eval.api.task import ConfigurableTask
 
 from compress.toxicity import metrics as toxicity_metrics
 from compress.toxicity import prompts
@@ -77,7 +77,7 @@ class ScoreGenerations(Filter):
         self.batch_size = int(batch_size) if batch_size else None  # None: the scorer's default for its device
 
     def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[str]:
-        resps = trim_padding([list(r) for r in resps])
+        resps = [list(r) for r in resps]  # GenerationTask has already dropped data-parallel padding
         if not resps:
             return []
         spec, tokenizer_name = docs[0]["scorer"], docs[0]["length_tokenizer"]
@@ -98,17 +98,36 @@ class ScoreGenerations(Filter):
         return out
 
 
-def trim_padding(resps: list[list[str]]) -> list[list[str]]:
-    """Drop the extra generations lm-eval adds under data parallelism.
+def trim_padding(resps: list[list[str]], repeats: int) -> list[list[str]]:
+    """Each prompt's first `repeats` generations: drop the extra ones lm-eval adds under data parallelism.
 
-    A rank with fewer requests than the others pads by repeating its last request, and the padding's
-    generations are appended to that request's responses; every other prompt has exactly `repeats`.
+    A rank with fewer requests than the others pads by repeating its last request `repeats` times per missing
+    request, and the padding's generations are appended to that request's responses, so a rank holding a
+    single prompt would otherwise score it 2 x `repeats` times. The count to keep is the task's configured
+    `repeats`, never guessed from the responses.
     """
-    if not resps:
-        return resps
-    counts = Counter(len(r) for r in resps)
-    k = min(counts, key=lambda n: (-counts[n], n))  # the commonest length; on a tie (two prompts) the shorter
-    return [r[:k] for r in resps]
+    short = [len(r) for r in resps if len(r) < repeats]
+    if short:
+        raise ValueError(f"a prompt has {short[0]} generations, expected the task's repeats = {repeats}")
+    return [list(r[:repeats]) for r in resps]
+
+
+class GenerationTask(ConfigurableTask):
+    """A generation task whose every prompt is scored exactly `repeats` times, however lm-eval split it.
+
+    lm-eval appends the generations of a rank's padding requests to the last request's responses; they are
+    dropped here, before any filter sees them (and before `--log_samples` records them).
+    """
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+
+    def apply_filters(self):
+        repeats = int(self.config.repeats or 1)
+        for instance, resps in zip(self._instances, trim_padding([i.resps for i in self._instances], repeats),
+                                   strict=True):
+            instance.resps = resps
+        return super().apply_filters()
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
