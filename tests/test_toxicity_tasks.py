@@ -60,6 +60,7 @@ def data_dir(tmp_path_factory, tiny_gpt2, tiny_detoxify):
 def reference_scorer(tiny_detoxify):
     """The classifier used directly, one text at a time, as an independent check on the batched filter."""
     detoxify = Detoxify(checkpoint=str(tiny_detoxify), huggingface_config_path=str(tiny_detoxify.parent))
+    detoxify.tokenizer.truncation_side = "left"  # a long prompt + continuation keeps its end, as the filter does
     return lambda text: detoxify.predict(text)["toxicity"]
 
 

@@ -66,7 +66,9 @@ class ScoreGenerations(Filter):
     """Scores every generation of a task in one batched pass.
 
     Per prompt it returns a JSON object as a string: each generation's `toxicity`, `length_chars` and
-    `length_tokens`, and the `scorer` spec. A string, because lm-eval writes each filtered response
+    `length_tokens`, the `scorer` spec, and `classifier_truncated_tokens`: how many classifier tokens of each
+    scored text were left out from its start because the text was longer than the classifier accepts (the
+    continuation is always kept whole, unless it alone is longer than that). A string, because lm-eval writes each filtered response
     of `--log_samples` with `str()`: JSON keeps the file and the in-memory samples equally readable.
     """
 
@@ -88,12 +90,17 @@ class ScoreGenerations(Filter):
         scorer = load_scorer(spec, batch_size=self.batch_size)
         log.info("scoring %d generations (%s) with %s", len(texts), self.text, spec)
         toxicity = scorer.score(texts, progress=True)
+        truncated = scorer.truncated_tokens(texts)
+        if any(truncated):
+            log.info("%d of %d scored texts were longer than the classifier accepts; their start was left out",
+                     sum(n > 0 for n in truncated), len(texts))
         tokens = length_tokenizer(tokenizer_name)(generations, add_special_tokens=False)["input_ids"]
         out, start = [], 0
         for r in resps:
             end = start + len(r)
             out.append(json.dumps({"toxicity": toxicity[start:end], "length_chars": [len(g) for g in r],
-                                   "length_tokens": [len(ids) for ids in tokens[start:end]], "scorer": spec}))
+                                   "length_tokens": [len(ids) for ids in tokens[start:end]], "scorer": spec,
+                                   "classifier_truncated_tokens": truncated[start:end]}))
             start = end
         return out
 
