@@ -12,8 +12,9 @@ A scorer is chosen by a spec string, never by editing a task YAML (`COMPFAIR_SCO
     profanity-check          the linear model shipped inside alt-profanity-check (offline; `compfair[profanity]`)
 
 Transformer scorers score a whole list at once: every text is tokenised once (truncated at the
-classifier's maximum length from the left, so the end of a text, where a continuation lies, is kept), texts are sorted by token count so each batch pads to nearly its own
-length, and batches run on the GPU when there is one.
+classifier's maximum length from the left, so the end of a text, where a continuation lies, is kept),
+texts are sorted by token count so each batch pads to nearly its own length, and batches run on the GPU
+when there is one.
 """
 
 from __future__ import annotations

@@ -68,8 +68,9 @@ class ScoreGenerations(Filter):
     Per prompt it returns a JSON object as a string: each generation's `toxicity`, `length_chars` and
     `length_tokens`, the `scorer` spec, and `classifier_truncated_tokens`: how many classifier tokens of each
     scored text were left out from its start because the text was longer than the classifier accepts (the
-    continuation is always kept whole, unless it alone is longer than that). A string, because lm-eval writes each filtered response
-    of `--log_samples` with `str()`: JSON keeps the file and the in-memory samples equally readable.
+    continuation is always kept whole, unless it alone is longer than that). A string, because lm-eval writes
+    each filtered response of `--log_samples` with `str()`: JSON keeps the file and the in-memory samples
+    equally readable.
     """
 
     def __init__(self, text: str = "continuation", batch_size: int | None = None) -> None:
