@@ -10,6 +10,9 @@ example: its target term, its domain (bias type) and the model's score for each 
 `ss` and `lms` are the means of these per-term values, and icat = lms * min(ss, 100 - ss) / 50 is computed
 from the two means, as the official script reports it. Per domain the same is done on that domain's
 examples; the official "overall" of both splits is the same function on the union of their documents.
+(compfair's intersentence scores are zero-shot, the candidate's mean log-probability given the context; the
+official GPT-2 intersentence numbers come from a trained next-sentence-prediction head, `ModelNSP`, so
+intersentence and overall numbers computed here are not comparable with the published ones.)
 The paper's counts add how often each sentence is the model's top choice (ties go to the earlier label in
 `LABELS`).
 
