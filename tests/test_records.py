@@ -25,16 +25,21 @@ def test_records_name_only_the_source_read(tmp_path):
 def test_blocks_do_not_depend_on_the_worker_count(tmp_path, tiny_gpt2):
     from transformers import AutoTokenizer
 
+    from compress.common.tiny_models import corpus_lines
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
-    lines = [" ".join(["the nurse helped the patient"] * (1 + i % 7)) for i in range(60)]
-    text = tmp_path / "train.txt"
-    text.write_text("\n".join(lines) + "\n")
+    lines = corpus_lines()
+    text = tmp_path / "train.txt"  # more than 2 x 1,000 documents: `datasets` shards a map only past one batch
+    text.write_text("\n".join(lines[i % len(lines)] for i in range(2600)) + "\n")
     raw = load_raw_datasets(DataArguments(train_file=str(text), validation_split_percentage=10), seed=1)
-    one, four = (pack_into_blocks(raw, tokenizer, 16, num_proc=n, overwrite_cache=True) for n in (1, 4))
-    # By hand: each split's documents (fewer than 1,000) + EOS, concatenated, cut into 16-token blocks.
+    one, two = (pack_into_blocks(raw, tokenizer, 16, num_proc=n, overwrite_cache=True) for n in (1, 2))
+    # By hand: each run of 1,000 documents (+ EOS each) concatenated and cut into 16-token blocks, remainder dropped.
     for split in ("train", "validation"):
-        flat = [t for doc in raw[split]["text"] for t in tokenizer(doc, add_special_tokens=False)["input_ids"]
-                + [tokenizer.eos_token_id]]
-        expected = [flat[i:i + 16] for i in range(0, len(flat) // 16 * 16, 16)]
+        docs = raw[split]["text"]
+        expected = []
+        for start in range(0, len(docs), 1000):
+            flat = [t for doc in docs[start:start + 1000]
+                    for t in tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+            expected += [flat[i:i + 16] for i in range(0, len(flat) // 16 * 16, 16)]
         assert one[split]["input_ids"] == expected, split
-        assert four[split]["input_ids"] == expected, split
+        assert two[split]["input_ids"] == expected, split
