@@ -43,3 +43,14 @@ def test_blocks_do_not_depend_on_the_worker_count(tmp_path, tiny_gpt2):
             expected += [flat[i:i + 16] for i in range(0, len(flat) // 16 * 16, 16)]
         assert one[split]["input_ids"] == expected, split
         assert two[split]["input_ids"] == expected, split
+
+
+def test_prune_configs_do_not_claim_published_perplexities():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "trainer_configs" / "prune").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        text = path.read_text()
+        assert "perplexities comparable with published" not in text, path
+        assert "NOT comparable with published GPT-2 numbers" in text and "word perplexity" in text, path
