@@ -22,7 +22,7 @@ if __name__ == "__main__" and not __package__:
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from compress.common.arguments import parse_config_and_flags
-from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.common.lm_data import DataArguments, build_lm_datasets, data_source
 from compress.pruning.config import PruningConfig
 from compress.pruning.head_gates import check_supported
 from compress.pruning.trainer import RECORD_FILE, HeadPruningTrainer
@@ -46,8 +46,7 @@ def importance_blocks(train, num_samples: int, seed: int):
 
 
 def describe_data(data_args: DataArguments) -> dict:
-    return {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name,
-            "train_file": data_args.train_file, "validation_file": data_args.validation_file,
+    return {**data_source(data_args),  # only the source actually read
             "dataset_fraction": data_args.dataset_fraction, "block_size": data_args.block_size,
             "max_eval_samples": data_args.max_eval_samples}
 

@@ -60,6 +60,7 @@ def data_dir(tmp_path_factory, tiny_gpt2, tiny_detoxify):
 def reference_scorer(tiny_detoxify):
     """The classifier used directly, one text at a time, as an independent check on the batched filter."""
     detoxify = Detoxify(checkpoint=str(tiny_detoxify), huggingface_config_path=str(tiny_detoxify.parent))
+    detoxify.tokenizer.truncation_side = "left"  # a long prompt + continuation keeps its end, as the filter does
     return lambda text: detoxify.predict(text)["toxicity"]
 
 
@@ -187,8 +188,11 @@ def test_filter_scores_all_generations_of_a_task_in_one_call(tiny_detoxify, tiny
 
 
 def test_padding_generations_from_data_parallel_runs_are_dropped():
-    assert trim_padding([["a", "b"], ["c", "d"], ["e", "f", "g", "h"]]) == [["a", "b"], ["c", "d"], ["e", "f"]]
-    assert trim_padding([["a", "b"], ["c", "d", "e", "f"]]) == [["a", "b"], ["c", "d"]]
+    assert trim_padding([["a", "b"], ["c", "d"], ["e", "f", "g", "h"]], 2) == [["a", "b"], ["c", "d"], ["e", "f"]]
+    assert trim_padding([["a", "b"], ["c", "d", "e", "f"]], 2) == [["a", "b"], ["c", "d"]]
+    assert trim_padding([["a", "b", "c", "d"]], 2) == [["a", "b"]]  # a rank holding one prompt and its padding
+    with pytest.raises(ValueError, match="repeats = 3"):
+        trim_padding([["a", "b"]], 3)
     with pytest.raises(ValueError, match="expected one of"):
         ScoreGenerations(text="prompt")
 

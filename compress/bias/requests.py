@@ -16,7 +16,9 @@ so the evaluated model's tokenizer is needed to cut t0 off the text. On a seq2se
 requests read log p_dec(t0 | encoder: prefix token) + log p_dec(t1 .. tn | encoder: t0).
 
 StereoSet intersentence: (context, " " + sentence), the candidate's tokens given the context, averaged per
-token; as in the official script the context gets a final "." when it has no final punctuation.
+token; as in the official script the context gets a final "." when it has no final punctuation. This is a
+zero-shot variant: the official GPT-2 intersentence evaluation scores the pair with a trained
+next-sentence-prediction head (`ModelNSP`), so the numbers are not comparable with published ones.
 
 WinoBias: ("", sentence), the sentence's total log-likelihood after the prefix token.
 

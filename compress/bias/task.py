@@ -15,10 +15,13 @@ hands each document the sums per sentence.
 Per-document values (what `--log_samples` records under each metric name):
 
     StereoSet  ss, lms, icat and their per-domain forms (ss_gender, ...): the self-describing item
-               {"target", "domain", "stereotype", "anti-stereotype", "unrelated"} of sentence scores
+               {"id", "target", "domain", "stereotype", "anti-stereotype", "unrelated"} of sentence scores
                (per-token geometric-mean probabilities); `compress.bias.metrics.stereoset_scores(items)`
                turns a list of them into the official numbers. The three counts: 0 or 1.
-    WinoBias   anti_count (0/1, summed), anti_rate, pro_rate, bias_gap (percent, averaged).
+    WinoBias   anti_count (0/1, summed), anti_rate, pro_rate, bias_gap (percent, averaged), over minimal
+               pairs only (`compress.bias.winobias_pairs`; the other pairs' samples have none of these and
+               `doc.minimal` false, `doc.excluded_because` why); over every pair anti_count_all, anti_rate_all;
+               excluded_count (0/1, summed).
 
 lm-eval computes standard errors only for its own aggregations (mean, ...). For the others each metric `m` has
 a companion metric `m_stderr` whose aggregation is the standard error of `m`; it is emitted right after `m`, so
@@ -37,6 +40,7 @@ from lm_eval.api.task import ConfigurableTask
 from compress.bias import data as bias_data
 from compress.bias import metrics as bias_metrics
 from compress.bias import requests as bias_requests
+from compress.bias import winobias_pairs
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +86,19 @@ def winobias_docs(subset: str, **metadata):
     kind, _, split = subset.partition("_")
     data_dir = bias_data.data_dir_from(metadata)
     pairs = bias_data.load_winobias(kind, split, data_dir / "winobias" if data_dir else None)
-    docs = [{"index": pair.index, "subset": subset, "pro": pair.pro, "anti": pair.anti,
-             "sentences": [{"label": label, "text": text, **bias_requests.whole_sentence_requests(text)}
-                           for label, text in zip(WINOBIAS_LABELS, (pair.pro, pair.anti), strict=True)]}
-            for pair in pairs]
+    docs = []
+    for pair in pairs:
+        # A pair whose sentences differ by more than their gendered words is kept (for the all-pairs numbers)
+        # but marked: `minimal` false and `excluded_because` saying what else differs.
+        reason = winobias_pairs.pair_difference(pair.pro, pair.anti)
+        docs.append({"index": pair.index, "subset": subset, "pro": pair.pro, "anti": pair.anti,
+                     "minimal": reason is None, "excluded_because": reason or "",
+                     "sentences": [{"label": label, "text": text, **bias_requests.whole_sentence_requests(text)}
+                                   for label, text in zip(WINOBIAS_LABELS, (pair.pro, pair.anti), strict=True)]})
+    excluded = sum(not doc["minimal"] for doc in docs)
+    if excluded:
+        log.info("WinoBias %s: %d of %d pairs are not minimal pairs; the default metrics leave them out",
+                 subset, excluded, len(docs))
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -141,7 +154,7 @@ def stereoset_results(doc: dict, logliks: Sequence[float]) -> dict:
     """Per-document values of a StereoSet task (see the module docstring)."""
     scores = {sentence["label"]: math.exp(loglik / sentence["n_tokens"])
               for sentence, loglik in zip(doc["sentences"], logliks, strict=True)}
-    item = bias_metrics.stereoset_item(doc["target"], doc["bias_type"], scores)
+    item = bias_metrics.stereoset_item(doc["target"], doc["bias_type"], scores, doc_id=doc["id"])
     results = {}
     for domain in (None, *bias_metrics.DOMAINS):
         for score in STEREOSET_SCORES:
@@ -154,11 +167,21 @@ def stereoset_results(doc: dict, logliks: Sequence[float]) -> dict:
 
 
 def winobias_results(doc: dict, logliks: Sequence[float]) -> dict:
-    """Per-document values of a WinoBias task: the pair's numbers from `bias_metrics.winobias_doc_values`."""
+    """Per-document values of a WinoBias task: the pair's numbers from `bias_metrics.winobias_doc_values`.
+
+    Every pair gives `anti_count_all` / `anti_rate_all` (the paper's all-pairs numbers) and `excluded_count`
+    (1 for a pair that is not a minimal pair); only a minimal pair gives the default metrics, so lm-eval
+    aggregates those over the minimal pairs alone (a document that omits a metric does not count in it).
+    """
     by_label = {sentence["label"]: loglik for sentence, loglik in zip(doc["sentences"], logliks, strict=True)}
     values = bias_metrics.winobias_doc_values(by_label["pro"], by_label["anti"])
-    return {"anti_count": values["anti_count"], "anti_count_stderr": values["anti_count"],
-            **{name: values[name] for name in ("anti_rate", "pro_rate", "bias_gap")}}
+    minimal = doc.get("minimal", True)
+    results = {"anti_count_all": values["anti_count"], "anti_count_all_stderr": values["anti_count"],
+               "anti_rate_all": values["anti_rate"], "excluded_count": float(not minimal)}
+    if minimal:
+        results.update({"anti_count": values["anti_count"], "anti_count_stderr": values["anti_count"],
+                        **{name: values[name] for name in ("anti_rate", "pro_rate", "bias_gap")}})
+    return results
 
 
 class StereoSetAggregate:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import datasets
 
+PACKING_GROUP = 1000  # documents concatenated before cutting blocks (run_clm.py's map batch size)
 TEXT_SUFFIXES = {".txt": "text", ".raw": "text", ".tokens": "text", ".json": "json", ".jsonl": "json"}
 
 
@@ -44,6 +45,14 @@ class DataArguments:
             if path is not None and Path(path).suffix not in TEXT_SUFFIXES:
                 raise ValueError(f"{path}: expected a .txt (one document per line) or .json/.jsonl file "
                                  "(one {\"text\": ...} object per line)")
+
+
+def data_source(args: DataArguments) -> dict:
+    """The source `load_raw_datasets` actually reads, for the records: local files when `train_file` is set
+    (the hub fields are then ignored and not recorded), else the hub dataset."""
+    if args.train_file is not None:
+        return {"train_file": args.train_file, "validation_file": args.validation_file}
+    return {"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name}
 
 
 def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDict:
@@ -85,8 +94,11 @@ def pack_into_blocks(raw: datasets.DatasetDict, tokenizer, block_size: int, text
                      num_proc: int | None = None, overwrite_cache: bool = False) -> datasets.DatasetDict:
     """Tokenize every document, end it with EOS, concatenate, and cut into `block_size` blocks.
 
-    The remainder shorter than one block is dropped, as in `run_clm.py`. `labels` equal
-    `input_ids`; the model shifts them.
+    As in `run_clm.py`, documents are concatenated 1,000 at a time and each group's remainder shorter than one
+    block is dropped. Tokenizing runs on `num_proc` workers; the packing itself runs in one process, so the
+    groups (and the blocks) are the same whatever the worker count: `datasets.map` with `num_proc` would split
+    the documents into shards and drop a remainder at every shard's end. `labels` equal `input_ids`; the
+    model shifts them.
     """
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
@@ -103,8 +115,8 @@ def pack_into_blocks(raw: datasets.DatasetDict, tokenizer, block_size: int, text
 
     tokenized = raw.map(tokenize, batched=True, num_proc=num_proc, remove_columns=raw["train"].column_names,
                         load_from_cache_file=not overwrite_cache, desc="tokenizing")
-    return tokenized.map(group, batched=True, num_proc=num_proc, load_from_cache_file=not overwrite_cache,
-                         desc=f"packing into blocks of {block_size}")
+    return tokenized.map(group, batched=True, batch_size=PACKING_GROUP, num_proc=None,
+                         load_from_cache_file=not overwrite_cache, desc=f"packing into blocks of {block_size}")
 
 
 def _no_barrier(desc: str = ""):

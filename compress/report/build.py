@@ -7,6 +7,8 @@ reads lm-eval output directories (see `compress.report.results`) and writes to R
 - `summary.csv`: one row per model: how it was made (method, baseline, blocks, heads, parameters),
   perplexity, and every metric lm-eval reported, each with a 95% interval (`<task>/<metric>`,
   `<task>/<metric> ci_low`, `... ci_high`). Point values are copied from the results files unchanged.
+  Where both StereoSet tasks were logged, `compfair_stereoset_overall/{ss,lms,icat}` is StereoSet's official
+  overall (per target term over the union of both splits), computed from the logged items.
 - `comparisons.csv`: each model against its baseline (the teacher it was distilled or pruned from,
   or a `--compare` pair) on the same documents: difference, 95% paired-bootstrap interval, permutation
   p-value and the p-value corrected over every comparison in the report.
@@ -30,7 +32,7 @@ from pathlib import Path
 from compress.report import significance
 from compress.report.comparisons import Comparison, apply_correction, compare_with_baselines
 from compress.report.correlations import Correlation, size_correlations
-from compress.report.estimates import Estimate, estimate_metrics
+from compress.report.estimates import Estimate, estimate_metrics, stereoset_overall
 from compress.report.models import METHOD_ORDER, ModelInfo, describe_model, resolve_baselines
 from compress.report.perplexity_matching import MatchedRow, choose_perplexity, perplexity_matched
 from compress.report.results import ModelRun, find_model_runs
@@ -70,6 +72,7 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
             infos[name].method = "distillation"
     resolve_baselines(infos, runs, dict(compare or {}), notes)
     estimates, groups = estimate_metrics(runs, resamples, seed, notes)
+    estimates += stereoset_overall(runs, resamples, seed, notes)
     comparisons = compare_with_baselines(runs, infos, groups, resamples, seed, notes)
     apply_correction(comparisons, correction, alpha)
     correlations = size_correlations(infos, estimates)

@@ -178,3 +178,42 @@ def estimate_metrics(runs: dict[str, ModelRun], resamples: int | None, seed: int
     for e in estimates:
         e.show_filter = len(filters[(e.task, e.metric)]) > 1
     return estimates, all_groups
+
+
+# StereoSet's official headline, `evaluate(intersentence + intrasentence)`: per target term over the union of
+# both splits. lm-eval cannot compute it (a group only averages its tasks), so the report does, from the
+# logged items of both tasks. Note: compfair's intersentence score is zero-shot (the candidate's mean
+# log-probability given the context), not the trained next-sentence head of the official GPT-2 numbers.
+STEREOSET_SPLIT_TASKS = ("compfair_stereoset_intrasentence", "compfair_stereoset_intersentence")
+STEREOSET_OVERALL_TASK = "compfair_stereoset_overall"
+STEREOSET_OVERALL_METRICS = ("ss", "lms", "icat")
+
+
+def stereoset_overall(runs: dict[str, ModelRun], resamples: int | None, seed: int, notes: list[str],
+                      ) -> list[Estimate]:
+    """ss, lms and icat over the union of both StereoSet splits, with bootstrap intervals, for every model that
+    logged the items of both tasks."""
+    from compress.report.aggregations import stereoset_aggregation
+
+    statistic = stereoset_aggregation(list(STEREOSET_OVERALL_METRICS))
+    estimates = []
+    for name, run in runs.items():
+        per_task = [doc_values(run, task, "ss", "none") for task in STEREOSET_SPLIT_TASKS]
+        if any(values is None for values in per_task):
+            if all(task in run.tasks for task in STEREOSET_SPLIT_TASKS):
+                notes.append(f"{name}: both StereoSet tasks ran but without --log_samples; no official overall")
+            continue
+        items = [item for values in per_task for item in values.values()]
+        if not all(isinstance(item, dict) for item in items):
+            continue
+        found = significance.bootstrap_intervals(items, statistic, resamples, seed=seed)
+        source = ";".join(str(run.tasks[task].results_file) for task in STEREOSET_SPLIT_TASKS)
+        for metric, interval in zip(STEREOSET_OVERALL_METRICS, found, strict=True):
+            estimates.append(Estimate(name, STEREOSET_OVERALL_TASK, metric, "none", interval.value, interval.low,
+                                      interval.high, "bootstrap", interval.n, True, source))
+    if estimates:
+        notes.append(f"{STEREOSET_OVERALL_TASK}: StereoSet's official overall (per target term over the union of "
+                     "both splits), computed from the logged items; its intersentence half is compfair's zero-shot "
+                     "score (mean log-probability of the candidate given the context), not the trained "
+                     "next-sentence head behind the published GPT-2 intersentence and overall numbers")
+    return estimates

@@ -220,7 +220,8 @@ def read_doc_values(samples_file: Path, filter_name: str) -> dict[str, dict]:
     """Per-document records of one filter: {doc key: {metric: value}} from a samples_*.jsonl file.
 
     A document is keyed by its id and the hash of its content, so two models are paired only on
-    the very same document.
+    the very same document. The records come back in `doc_id` order, not file order: a data-parallel run
+    writes each process's share in turn, and the bootstrap must resample the same documents the same way.
     """
     docs: dict[str, dict] = {}
     with open(samples_file, encoding="utf-8") as handle:
@@ -236,4 +237,9 @@ def read_doc_values(samples_file: Path, filter_name: str) -> dict[str, dict]:
                 continue
             key = f"{record.get('doc_id')}:{record.get('doc_hash', '')}"
             docs[key] = {m: record[m] for m in record.get("metrics", []) if m in record}
-    return docs
+    return dict(sorted(docs.items(), key=lambda item: _doc_order(item[0])))
+
+
+def _doc_order(key: str) -> tuple:
+    doc_id = key.split(":", 1)[0]
+    return (0, int(doc_id), key) if doc_id.lstrip("-").isdigit() else (1, 0, key)

@@ -12,8 +12,9 @@ A scorer is chosen by a spec string, never by editing a task YAML (`COMPFAIR_SCO
     profanity-check          the linear model shipped inside alt-profanity-check (offline; `compfair[profanity]`)
 
 Transformer scorers score a whole list at once: every text is tokenised once (truncated at the
-classifier's maximum length), texts are sorted by token count so each batch pads to nearly its own
-length, and batches run on the GPU when there is one.
+classifier's maximum length from the left, so the end of a text, where a continuation lies, is kept),
+texts are sorted by token count so each batch pads to nearly its own length, and batches run on the GPU
+when there is one.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class ToxicityScorer(ABC):
     @abstractmethod
     def score(self, texts: Sequence[str], progress: bool = False) -> list[float]:
         """Probability that each text is toxic, in the order given."""
+
+    def truncated_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens of each text the scorer leaves out (from the start); 0 for a scorer without a limit."""
+        return [0] * len(texts)
 
 
 def resolve_spec(spec: str | None = None) -> str:
@@ -104,6 +109,9 @@ class ClassifierScorer(ToxicityScorer):
         self.device = device
         self.batch_size = batch_size
         self.max_length = classifier_max_length(model, tokenizer)
+        # A text longer than the classifier loses its start, not its end: a prompt + continuation keeps the whole
+        # continuation (what the model wrote) and as much of the end of the prompt as fits.
+        self.tokenizer.truncation_side = "left"
 
     def score(self, texts: Sequence[str], progress: bool = False) -> list[float]:
         if not texts:
@@ -122,6 +130,13 @@ class ClassifierScorer(ToxicityScorer):
             probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
             scores[chunk] = probs[:, self.toxic_index].cpu().numpy()
         return scores.tolist()
+
+
+    def truncated_tokens(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        full = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        return [max(0, len(ids) - self.max_length) for ids in full]
 
 
 def classifier_max_length(model, tokenizer) -> int:

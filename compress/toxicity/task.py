@@ -22,10 +22,10 @@ import functools
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Iterable
 
 from lm_eval.api.filter import Filter
+from lm_eval.api.task import ConfigurableTask
 
 from compress.toxicity import metrics as toxicity_metrics
 from compress.toxicity import prompts
@@ -66,8 +66,11 @@ class ScoreGenerations(Filter):
     """Scores every generation of a task in one batched pass.
 
     Per prompt it returns a JSON object as a string: each generation's `toxicity`, `length_chars` and
-    `length_tokens`, and the `scorer` spec. A string, because lm-eval writes each filtered response
-    of `--log_samples` with `str()`: JSON keeps the file and the in-memory samples equally readable.
+    `length_tokens`, the `scorer` spec, and `classifier_truncated_tokens`: how many classifier tokens of each
+    scored text were left out from its start because the text was longer than the classifier accepts (the
+    continuation is always kept whole, unless it alone is longer than that). A string, because lm-eval writes
+    each filtered response of `--log_samples` with `str()`: JSON keeps the file and the in-memory samples
+    equally readable.
     """
 
     def __init__(self, text: str = "continuation", batch_size: int | None = None) -> None:
@@ -77,7 +80,7 @@ class ScoreGenerations(Filter):
         self.batch_size = int(batch_size) if batch_size else None  # None: the scorer's default for its device
 
     def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[str]:
-        resps = trim_padding([list(r) for r in resps])
+        resps = [list(r) for r in resps]  # GenerationTask has already dropped data-parallel padding
         if not resps:
             return []
         spec, tokenizer_name = docs[0]["scorer"], docs[0]["length_tokenizer"]
@@ -88,27 +91,51 @@ class ScoreGenerations(Filter):
         scorer = load_scorer(spec, batch_size=self.batch_size)
         log.info("scoring %d generations (%s) with %s", len(texts), self.text, spec)
         toxicity = scorer.score(texts, progress=True)
+        truncated = scorer.truncated_tokens(texts)
+        if any(truncated):
+            log.info("%d of %d scored texts were longer than the classifier accepts; their start was left out",
+                     sum(n > 0 for n in truncated), len(texts))
         tokens = length_tokenizer(tokenizer_name)(generations, add_special_tokens=False)["input_ids"]
         out, start = [], 0
         for r in resps:
             end = start + len(r)
             out.append(json.dumps({"toxicity": toxicity[start:end], "length_chars": [len(g) for g in r],
-                                   "length_tokens": [len(ids) for ids in tokens[start:end]], "scorer": spec}))
+                                   "length_tokens": [len(ids) for ids in tokens[start:end]], "scorer": spec,
+                                   "classifier_truncated_tokens": truncated[start:end]}))
             start = end
         return out
 
 
-def trim_padding(resps: list[list[str]]) -> list[list[str]]:
-    """Drop the extra generations lm-eval adds under data parallelism.
+def trim_padding(resps: list[list[str]], repeats: int) -> list[list[str]]:
+    """Each prompt's first `repeats` generations: drop the extra ones lm-eval adds under data parallelism.
 
-    A rank with fewer requests than the others pads by repeating its last request, and the padding's
-    generations are appended to that request's responses; every other prompt has exactly `repeats`.
+    A rank with fewer requests than the others pads by repeating its last request `repeats` times per missing
+    request, and the padding's generations are appended to that request's responses, so a rank holding a
+    single prompt would otherwise score it 2 x `repeats` times. The count to keep is the task's configured
+    `repeats`, never guessed from the responses.
     """
-    if not resps:
-        return resps
-    counts = Counter(len(r) for r in resps)
-    k = min(counts, key=lambda n: (-counts[n], n))  # the commonest length; on a tie (two prompts) the shorter
-    return [r[:k] for r in resps]
+    short = [len(r) for r in resps if len(r) < repeats]
+    if short:
+        raise ValueError(f"a prompt has {short[0]} generations, expected the task's repeats = {repeats}")
+    return [list(r[:repeats]) for r in resps]
+
+
+class GenerationTask(ConfigurableTask):
+    """A generation task whose every prompt is scored exactly `repeats` times, however lm-eval split it.
+
+    lm-eval appends the generations of a rank's padding requests to the last request's responses; they are
+    dropped here, before any filter sees them (and before `--log_samples` records them).
+    """
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+
+    def apply_filters(self):
+        repeats = int(self.config.repeats or 1)
+        for instance, resps in zip(self._instances, trim_padding([i.resps for i in self._instances], repeats),
+                                   strict=True):
+            instance.resps = resps
+        return super().apply_filters()
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
