@@ -52,6 +52,10 @@ EVAL_MARKER = "compfair_eval_{batch}.json"
 # The demo's models are so small that a second CPU thread buys nothing, and on a busy machine torch's
 # spinning worker threads make each step several times slower; the demo runs everything on one thread.
 DEMO_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Evaluation beyond the paper (CrowS-Pairs, ...): tasks evaluated in both plans, and the bundled demo data
+# folders they read (each task falls back to its hub copy where the data dir lacks its file).
+EXTRA_TASKS = ("compfair_crows_pairs",)
+EXTRA_DEMO_DATA = ("crows_pairs",)
 
 
 @dataclass
@@ -214,7 +218,7 @@ def reproduce_plan(args: argparse.Namespace) -> Plan:
     # StereoSet and WinoBias come from the hub unless the data dir holds the official files.
     has_bias_files = (data_dir / "stereoset" / "dev.json").is_file() and (data_dir / "winobias").is_dir()
     batches = [EvalBatch("toxicity", ["compfair_toxicity"], data_env),
-               EvalBatch("bias", ["compfair_bias"], data_env if has_bias_files else {}),
+               EvalBatch("bias", ["compfair_bias", *EXTRA_TASKS], data_env if has_bias_files else {}),
                EvalBatch("perplexity", ["wikitext"], causal_only=True)]
     return Plan("reproduce", runs, data_dir, models, batches, shlex.split(args.lm_eval_launcher),
                 ["--device", args.device, "--batch_size", args.batch_size], args.model_args, prompts,
@@ -259,7 +263,7 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                                   "--scorer", f"detoxify:{scorer}", "--safe-threshold", "0.05"]),
     ]
     perplexity_task = runs / "tasks" / "compfair_demo_perplexity.yaml"
-    batches = [EvalBatch("all", ["compfair_toxicity", "compfair_bias", str(perplexity_task)],
+    batches = [EvalBatch("all", ["compfair_toxicity", "compfair_bias", *EXTRA_TASKS, str(perplexity_task)],
                          {"COMPFAIR_DATA_DIR": str(data_dir)})]
     return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
                 "dtype=float32", prompts, in_process=not args.subprocess,
@@ -314,7 +318,7 @@ def _write_evaluation_data(plan: Plan) -> None:
     source = resources.files("compress.study") / "demo_data"
     data = plan.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    for sub in ("stereoset", "winobias"):
+    for sub in ("stereoset", "winobias", *EXTRA_DEMO_DATA):
         (data / sub).mkdir(exist_ok=True)
         for item in (source / sub).iterdir():
             if item.is_file():
