@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.common.atomic_files import write_atomically
+from compress.report import flips as item_flips
 from compress.report import significance
 
 if TYPE_CHECKING:
@@ -138,11 +139,28 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
                       "says little there, so read those residuals with care."]
         lines += ["", "References: " + "; ".join(sorted({f"{r.task}/{r.metric}: {r.reference}"
                                                          for r in report.matched})), ""]
+    lines += beyond_the_paper_markdown(report)
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in dict.fromkeys(report.notes)] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def beyond_the_paper_markdown(report: Report) -> list[str]:
+    """The sections of the evaluation beyond the paper: item-level flips, ..."""
+    return item_flips.markdown(report.flips)
+
+
+def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple[list[Path], list[Path]]:
+    """(CSV files, plots) of the evaluation beyond the paper."""
+    files, plots = [], []
+    if report.flips:
+        write_atomically(out / "flips.csv", _csv_text(item_flips.CSV_HEADER, item_flips.csv_rows(report.flips)))
+        files.append(out / "flips.csv")
+        if make_plots:
+            plots.append(item_flips.plot(report.flips, out / "plots" / "flips.png"))
+    return files, [p for p in plots if p is not None]
 
 
 def significance_in_words(report: Report) -> list[str]:
@@ -201,5 +219,8 @@ def write_report(report: Report, out_dir: str | Path, make_plots: bool = True) -
         from compress.report import plots as plotting
 
         plots = plotting.write_all(report, out / "plots")
+    extra_files, extra_plots = beyond_the_paper_files(report, out, make_plots)
+    written += extra_files
+    plots += extra_plots
     write_atomically(out / "summary.md", summary_markdown(report, plots))
     return written + plots + [out / "summary.md"]
