@@ -23,6 +23,7 @@ _BUILDERS = {
     "gpt2": lambda path, **kw: tiny_models.build_tiny_gpt2(path, **kw),
     "seq2seq": lambda path, **kw: tiny_models.build_tiny_seq2seq(path, **kw),
     "detoxify": lambda path, **kw: tiny_models.build_tiny_detoxify(path, **kw),
+    "regard": lambda path, **kw: tiny_models.build_tiny_regard(path, **kw),
 }
 
 
@@ -60,6 +61,12 @@ def tiny_seq2seq(tiny_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def tiny_detoxify(tiny_checkpoint) -> Path:
     return tiny_checkpoint("detoxify")
+
+
+@pytest.fixture(scope="session")
+def tiny_regard(tiny_checkpoint) -> Path:
+    """A regard-format classifier folder (labels negative, neutral, other, positive): `hf:<folder>`."""
+    return tiny_checkpoint("regard")
 
 
 def _shared(sub: str) -> Path:

@@ -47,6 +47,17 @@ def _stereoset_items(outcomes):
              "unrelated": 0.1} for i, o in enumerate(outcomes)]
 
 
+def _bold_records(outcomes):
+    return [{"group": "a" if i % 2 else "b", "regard": float(o), "toxicity": 0.0, "sentiment": 0.0}
+            for i, o in enumerate(outcomes)]
+
+
+def _hand_gap(outcomes):
+    a = [o for i, o in enumerate(outcomes) if i % 2]
+    b = [o for i, o in enumerate(outcomes) if not i % 2]
+    return abs(sum(a) / len(a) - sum(b) / len(b))
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("beyond")
@@ -64,6 +75,10 @@ def report(tmp_path_factory):
             "compfair_tox4k": {"toxicity_probability": [float(o) for o in outcomes],
                                "toxic_count": [2 * o for o in outcomes]},
             "compfair_stereoset_intrasentence": {"ss": _stereoset_items(outcomes)},
+            "compfair_bold_gender": {"regard": [2.0 * o - 1 for o in outcomes],  # -1 / 1: not binary
+                                     "regard_gap": _bold_records(outcomes),
+                                     "regard_a": [[float(o), 1.0] if i % 2 else [0.0, 0.0]
+                                                  for i, o in enumerate(outcomes)]},
         }
         with pytest.MonkeyPatch.context() as patch:  # record values (StereoSet items) are set below
             patch.setattr(report_fixtures, "aggregate", lambda m, v, plain=report_fixtures.aggregate:
@@ -75,6 +90,9 @@ def report(tmp_path_factory):
 
         _set_reported(results, "compfair_stereoset_intrasentence", "ss",
                       stereoset_scores(_stereoset_items(outcomes))["ss"])
+        _set_reported(results, "compfair_bold_gender", "regard_gap", _hand_gap(outcomes))
+        odd = [o for i, o in enumerate(outcomes) if i % 2]
+        _set_reported(results, "compfair_bold_gender", "regard_a", sum(odd) / len(odd))
     out = root / "report"
     assert cli.main([str(root / "eval" / "teacher"), str(root / "eval" / "student"), "--out", str(out),
                      "--resamples", "500"]) == 0
@@ -119,3 +137,18 @@ def test_crows_pairs_counted_share_gets_a_bootstrap_interval(report):
     assert low < value < high and not math.isnan(low)
     comparisons = {(r["task"], r["metric"]) for r in _rows(report / "comparisons.csv")}
     assert ("compfair_crows_pairs", "stereo_score") in comparisons
+
+
+def test_bold_gap_and_group_means_get_bootstrap_intervals_and_paired_tests(report):
+    rows = {r["model"]: r for r in _rows(report / "summary.csv")}
+    for model, outcomes in (("teacher", BASE), ("student", STUDENT)):
+        value = float(rows[model]["compfair_bold_gender/regard_gap"])
+        assert value == pytest.approx(_hand_gap(outcomes))
+        low, high = (float(rows[model][f"compfair_bold_gender/regard_gap {k}"]) for k in ("ci_low", "ci_high"))
+        # A gap is >= 0, so at a true gap of 0 (the teacher) its percentile interval lies above the estimate.
+        assert 0 <= low < high and value <= high
+        assert float(rows[model]["compfair_bold_gender/regard_a ci_high"]) > float(
+            rows[model]["compfair_bold_gender/regard_a ci_low"])
+    comparisons = {(r["task"], r["metric"]) for r in _rows(report / "comparisons.csv")}
+    assert {("compfair_bold_gender", "regard_gap"), ("compfair_bold_gender", "regard_a")} <= comparisons
+    assert "compfair_bold_gender/regard_gap: no aggregation" not in (report / "summary.md").read_text()

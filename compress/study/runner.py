@@ -54,8 +54,8 @@ EVAL_MARKER = "compfair_eval_{batch}.json"
 DEMO_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Evaluation beyond the paper (CrowS-Pairs, ...): tasks evaluated in both plans, and the bundled demo data
 # folders they read (each task falls back to its hub copy where the data dir lacks its file).
-EXTRA_TASKS = ("compfair_crows_pairs",)
-EXTRA_DEMO_DATA = ("crows_pairs",)
+EXTRA_TASKS = ("compfair_crows_pairs", "compfair_bold")
+EXTRA_DEMO_DATA = ("crows_pairs", "bold")
 
 
 @dataclass
@@ -267,7 +267,8 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                          {"COMPFAIR_DATA_DIR": str(data_dir)})]
     return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
                 "dtype=float32", prompts, in_process=not args.subprocess,
-                env={"COMPFAIR_SCORER": f"detoxify:{scorer}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                env={"COMPFAIR_SCORER": f"detoxify:{scorer}",
+                     "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                      "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **DEMO_THREADS})
 
 
@@ -285,6 +286,9 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
         log("teacher: building the tiny Detoxify-format scorer")
         # Built in place: the checkpoint names its own folder as the model type, so it cannot move.
         tiny_models.build_tiny_detoxify(scorer.parent.resolve())
+    regard = plan.runs / "scorer" / "tiny-regard"
+    if not (regard / "tokenizer_config.json").is_file():  # BOLD's regard classifier (written last: the tokenizer)
+        tiny_models.build_tiny_regard(regard)
     _write_training_text(plan)
     teacher = next(m for m in plan.models if m.kind == "teacher")
     if (Path(teacher.pretrained) / "teacher.json").is_file():
