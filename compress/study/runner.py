@@ -268,8 +268,8 @@ def demo_plan(args: argparse.Namespace) -> Plan:
     return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
                 "dtype=float32", prompts, in_process=not args.subprocess,
                 env={"COMPFAIR_SCORER": f"detoxify:{scorer}",
-                     "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **DEMO_THREADS})
+                     "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1",
+                     "HF_DATASETS_OFFLINE": "1",                     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **DEMO_THREADS})
 
 
 # ---------------------------------------------------------------------------------------------- stages
