@@ -269,7 +269,8 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 "dtype=float32", prompts, in_process=not args.subprocess,
                 env={"COMPFAIR_SCORER": f"detoxify:{scorer}",
                      "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1",
-                     "HF_DATASETS_OFFLINE": "1",                     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **DEMO_THREADS})
+                     "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                     **DEMO_THREADS})
 
 
 # ---------------------------------------------------------------------------------------------- stages
