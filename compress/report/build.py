@@ -35,6 +35,7 @@ from compress.report.flips import Flips, item_flips
 from compress.report.models import METHOD_ORDER, ModelInfo, describe_model, resolve_baselines
 from compress.report.perplexity_matching import MatchedRow, choose_perplexity, perplexity_matched
 from compress.report.results import ModelRun, find_model_runs
+from compress.report.scorer_agreement import Agreement, Ranking, scorer_agreement, tccc_flags
 
 
 @dataclass
@@ -51,6 +52,9 @@ class Report:
     runs: dict[str, ModelRun]
     # Evaluation beyond the paper (compress/report/flips.py, ...).
     flips: list[Flips] = field(default_factory=list)
+    scorer_rankings: list[Ranking] = field(default_factory=list)
+    scorer_agreement: list[Agreement] = field(default_factory=list)
+    scorer_flags: list[str] = field(default_factory=list)
 
     def estimate(self, model: str, task: str, metric: str) -> Estimate | None:
         for e in self.estimates:
@@ -91,6 +95,8 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
     report = Report(order, estimates, comparisons, correlations, matched, notes, correction, alpha,
                     effective_resamples, runs)
     report.flips = item_flips(runs, [(name, info.baseline) for name, info in infos.items() if info.baseline])
+    report.scorer_rankings, report.scorer_agreement = scorer_agreement(runs, seed=seed)
+    report.scorer_flags = tccc_flags(runs)
     return report
 
 

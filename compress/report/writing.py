@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from compress.common.atomic_files import write_atomically
 from compress.report import flips as item_flips
-from compress.report import significance
+from compress.report import scorer_agreement, significance
 
 if TYPE_CHECKING:
     from compress.report.build import Report
@@ -149,7 +149,8 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
 
 def beyond_the_paper_markdown(report: Report) -> list[str]:
     """The sections of the evaluation beyond the paper: item-level flips, ..."""
-    return item_flips.markdown(report.flips)
+    return (item_flips.markdown(report.flips)
+            + scorer_agreement.markdown(report.scorer_rankings, report.scorer_agreement, report.scorer_flags))
 
 
 def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple[list[Path], list[Path]]:
@@ -160,6 +161,14 @@ def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple
         files.append(out / "flips.csv")
         if make_plots:
             plots.append(item_flips.plot(report.flips, out / "plots" / "flips.png"))
+    if report.scorer_rankings:
+        for name, header, rows in (
+                ("scorer_rankings.csv", scorer_agreement.RANKING_HEADER,
+                 scorer_agreement.ranking_rows(report.scorer_rankings)),
+                ("scorer_agreement.csv", scorer_agreement.AGREEMENT_HEADER,
+                 scorer_agreement.agreement_rows(report.scorer_agreement))):
+            write_atomically(out / name, _csv_text(header, rows))
+            files.append(out / name)
     return files, [p for p in plots if p is not None]
 
 
