@@ -12,7 +12,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from compress.report import cli
 from compress.toxicity import metrics as toxicity_metrics
 from compress.toxicity.scorers import ScorerError, spec_slug, split_specs
-from tests.test_toxicity_tasks import data_dir, reference_scorer, task_manager  # noqa: F401  (fixtures)
+from tests import test_toxicity_tasks
+from tests.test_toxicity_tasks import task_manager
+
+# The toxicity tests' fixtures: a data dir made with compfair-prompts, and the tiny Detoxify used directly.
+data_dir = test_toxicity_tasks.data_dir
+reference_scorer = test_toxicity_tasks.reference_scorer
 
 
 def _rows(path):
