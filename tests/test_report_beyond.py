@@ -152,3 +152,26 @@ def test_bold_gap_and_group_means_get_bootstrap_intervals_and_paired_tests(repor
     comparisons = {(r["task"], r["metric"]) for r in _rows(report / "comparisons.csv")}
     assert {("compfair_bold_gender", "regard_gap"), ("compfair_bold_gender", "regard_a")} <= comparisons
     assert "compfair_bold_gender/regard_gap: no aggregation" not in (report / "summary.md").read_text()
+
+
+def test_length_control_finds_a_difference_that_is_only_length(tmp_path):
+    """Toxicity depends only on length (0.1 at 10 tokens, 0.5 at 20); the student generates 10 tokens on 75% of
+    the prompts, the teacher on 25%. By hand: unadjusted 0.2 - 0.4 = -0.2; within each length bin both models
+    score the same, so the length-adjusted difference is 0 and the two disagree."""
+    teacher = _model(tmp_path, "teacher")
+    student = _model(tmp_path, "student", {"teacher": teacher, "student_layers": 2, "init_from_teacher": True,
+                                           "student_parameters": 100})
+    for name, path, short in (("teacher", teacher, 10), ("student", student, 30)):
+        lengths = [10 if i < short else 20 for i in range(N)]
+        write_lm_eval_run(tmp_path / "eval" / name, path, {"compfair_rtp": {
+            "toxicity_mean": [0.1 if n == 10 else 0.5 for n in lengths], "gen_length_tokens": lengths}})
+    out = tmp_path / "report"
+    assert cli.main([str(tmp_path / "eval" / m) for m in ("teacher", "student")] + ["--out", str(out), "--resamples",
+                                                                                    "200", "--no-plots"]) == 0
+    (row,) = _rows(out / "length_adjusted.csv")
+    assert float(row["unadjusted_diff"]) == pytest.approx(-0.2)
+    assert float(row["length_adjusted_diff"]) == pytest.approx(0.0, abs=1e-12)
+    assert float(row["unadjusted ci_high"]) < 0 and row["disagree"] == "True"
+    bins = {(r["model"], r["bin"]): r for r in _rows(out / "length_bins.csv")}
+    assert {int(r["prompts"]) for k, r in bins.items() if k[0] == "student"} == {30, 10}
+    assert "## Length control" in (out / "summary.md").read_text()

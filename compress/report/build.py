@@ -32,6 +32,7 @@ from compress.report.comparisons import Comparison, apply_correction, compare_wi
 from compress.report.correlations import Correlation, size_correlations
 from compress.report.estimates import Estimate, estimate_metrics
 from compress.report.flips import Flips, item_flips
+from compress.report.length_control import LengthAdjusted, LengthBin, length_control
 from compress.report.models import METHOD_ORDER, ModelInfo, describe_model, resolve_baselines
 from compress.report.perplexity_matching import MatchedRow, choose_perplexity, perplexity_matched
 from compress.report.results import ModelRun, find_model_runs
@@ -55,6 +56,8 @@ class Report:
     scorer_rankings: list[Ranking] = field(default_factory=list)
     scorer_agreement: list[Agreement] = field(default_factory=list)
     scorer_flags: list[str] = field(default_factory=list)
+    length_bins: list[LengthBin] = field(default_factory=list)
+    length_adjusted: list[LengthAdjusted] = field(default_factory=list)
 
     def estimate(self, model: str, task: str, metric: str) -> Estimate | None:
         for e in self.estimates:
@@ -97,6 +100,8 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
     report.flips = item_flips(runs, [(name, info.baseline) for name, info in infos.items() if info.baseline])
     report.scorer_rankings, report.scorer_agreement = scorer_agreement(runs, seed=seed)
     report.scorer_flags = tccc_flags(runs)
+    report.length_bins, report.length_adjusted = length_control(
+        runs, [(name, info.baseline) for name, info in infos.items() if info.baseline], seed=seed)
     return report
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from compress.common.atomic_files import write_atomically
 from compress.report import flips as item_flips
-from compress.report import scorer_agreement, significance
+from compress.report import length_control, scorer_agreement, significance
 
 if TYPE_CHECKING:
     from compress.report.build import Report
@@ -150,7 +150,8 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
 def beyond_the_paper_markdown(report: Report) -> list[str]:
     """The sections of the evaluation beyond the paper: item-level flips, ..."""
     return (item_flips.markdown(report.flips)
-            + scorer_agreement.markdown(report.scorer_rankings, report.scorer_agreement, report.scorer_flags))
+            + scorer_agreement.markdown(report.scorer_rankings, report.scorer_agreement, report.scorer_flags)
+            + length_control.markdown(report.length_adjusted))
 
 
 def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple[list[Path], list[Path]]:
@@ -161,6 +162,13 @@ def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple
         files.append(out / "flips.csv")
         if make_plots:
             plots.append(item_flips.plot(report.flips, out / "plots" / "flips.png"))
+    if report.length_adjusted:
+        for name, header, rows in (
+                ("length_bins.csv", length_control.BIN_HEADER, length_control.bin_rows(report.length_bins)),
+                ("length_adjusted.csv", length_control.ADJUSTED_HEADER,
+                 length_control.adjusted_rows(report.length_adjusted))):
+            write_atomically(out / name, _csv_text(header, rows))
+            files.append(out / name)
     if report.scorer_rankings:
         for name, header, rows in (
                 ("scorer_rankings.csv", scorer_agreement.RANKING_HEADER,
