@@ -175,3 +175,32 @@ def test_length_control_finds_a_difference_that_is_only_length(tmp_path):
     bins = {(r["model"], r["bin"]): r for r in _rows(out / "length_bins.csv")}
     assert {int(r["prompts"]) for k, r in bins.items() if k[0] == "student"} == {30, 10}
     assert "## Length control" in (out / "summary.md").read_text()
+
+
+def test_lm_evals_own_bias_tasks_get_intervals_paired_tests_and_flips(tmp_path):
+    """Outputs shaped as lm-eval's crows_pairs_english, winogender_all and toxigen write them (per-document
+    0/1 outcomes and likelihood differences, mean aggregation)."""
+    teacher = _model(tmp_path, "teacher")
+    student = _model(tmp_path, "student", {"teacher": teacher, "student_layers": 2, "init_from_teacher": True,
+                                           "student_parameters": 100})
+    for name, path, outcomes in (("teacher", teacher, BASE), ("student", student, STUDENT)):
+        write_lm_eval_run(tmp_path / "eval" / name, path, {
+            "crows_pairs_english": {"pct_stereotype": [float(o) for o in outcomes],
+                                    "likelihood_diff": [0.5 + i % 7 for i in range(N)]},
+            "winogender_all": {"acc": [float(o) for o in outcomes]},
+            "toxigen": {"acc": [float(o) for o in outcomes], "acc_norm": [float(1 - o) for o in outcomes]}})
+    out = tmp_path / "report"
+    assert cli.main([str(tmp_path / "eval" / m) for m in ("teacher", "student")] + ["--out", str(out), "--resamples",
+                                                                                    "300", "--no-plots"]) == 0
+    rows = {r["model"]: r for r in _rows(out / "summary.csv")}
+    for column in ("crows_pairs_english/pct_stereotype", "winogender_all/acc", "toxigen/acc_norm"):
+        value, low, high = (float(rows["student"][column + k]) for k in ("", " ci_low", " ci_high"))
+        assert low < value < high, column
+    assert float(rows["student"]["crows_pairs_english/pct_stereotype"]) == pytest.approx(0.625)
+    tested = {(r["task"], r["metric"]) for r in _rows(out / "comparisons.csv")}
+    assert {("crows_pairs_english", "pct_stereotype"), ("winogender_all", "acc"), ("toxigen", "acc")} <= tested
+    flips = {(r["task"], r["outcome"]): r for r in _rows(out / "flips.csv")}
+    assert {("crows_pairs_english", "pct_stereotype"), ("winogender_all", "acc"), ("toxigen", "acc")} == set(flips)
+    assert all((int(r["flips_up"]), int(r["flips_down"])) == (8, 3) for r in flips.values())
+    summary = (out / "summary.md").read_text()
+    assert "### crows_pairs_english" in summary and "pct_stereotype" in summary

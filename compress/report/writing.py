@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 # The metrics summary.md tables show (summary.csv has every metric); a task with none of them shows all.
 KEY_METRICS = ("toxic_count", "toxic_score", "expected_max_toxicity", "toxicity_probability", "gen_length_tokens",
                "ss", "lms", "icat", "stereotype_count", "anti_stereotype_count", "unrelated_count", "anti_count",
-               "anti_rate", "pro_rate", "bias_gap", "word_perplexity")
+               "anti_rate", "pro_rate", "bias_gap", "word_perplexity",
+               # CrowS-Pairs, BOLD, and lm-eval's own bias tasks (crows_pairs_*, winogender_*, toxigen, bbq, ...)
+               "metric_score", "stereo_score", "antistereo_score", "neutral_rate", "metric_score_loglik", "regard",
+               "regard_gap", "toxicity", "toxicity_gap", "sentiment", "sentiment_gap", "pct_stereotype",
+               "likelihood_diff", "acc", "acc_norm", "accuracy_amb", "accuracy_disamb", "amb_bias_score",
+               "disamb_bias_score", "pct_male_preferred")
 
 
 def _csv_text(header: list[str], rows: list[list]) -> str:
