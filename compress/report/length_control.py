@@ -10,7 +10,7 @@ toxicity task (per-prompt `toxicity_mean` and `gen_length_tokens` logged) and ea
   both have prompts, weighted by the bin's pooled prompt count (direct standardisation to a common length
   distribution), beside the unadjusted difference of means; both with a 95% percentile bootstrap interval
   over prompts (the same prompts for both models; bin edges fixed);
-- `disagree` when the two differences have opposite signs, or one interval excludes 0 and the other does not.
+- `disagree` when one interval excludes 0 and the other does not, or both exclude it on opposite sides.
 """
 
 from __future__ import annotations
@@ -119,11 +119,12 @@ def length_control(runs: dict[str, ModelRun], pairs: list[tuple[str, str]], bins
 
 
 def disagreement(raw: float, raw_ci, adj: float, adj_ci) -> bool:
-    """Opposite signs, or only one of the two intervals excludes 0."""
+    """Only one of the two intervals excludes 0, or both do on opposite sides (a sign change within noise is not
+    a disagreement)."""
     if not (math.isfinite(raw) and math.isfinite(adj)):
         return False
     excludes = [bool(ci[0] > 0 or ci[1] < 0) for ci in (raw_ci, adj_ci)]
-    return bool((raw > 0) != (adj > 0) and raw != 0 and adj != 0) or excludes[0] != excludes[1]
+    return excludes[0] != excludes[1] or (all(excludes) and (raw > 0) != (adj > 0))
 
 
 BIN_HEADER = ["task", "model", "bin", "length_low", "length_high", "prompts", "toxicity_mean"]
