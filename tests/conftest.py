@@ -24,6 +24,7 @@ _BUILDERS = {
     "seq2seq": lambda path, **kw: tiny_models.build_tiny_seq2seq(path, **kw),
     "detoxify": lambda path, **kw: tiny_models.build_tiny_detoxify(path, **kw),
     "llama": lambda path, **kw: tiny_models.build_tiny_llama(path, **kw),  # grouped-query attention
+    "regard": lambda path, **kw: tiny_models.build_tiny_regard(path, **kw),
 }
 
 
@@ -66,6 +67,12 @@ def tiny_llama(tiny_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def tiny_detoxify(tiny_checkpoint) -> Path:
     return tiny_checkpoint("detoxify")
+
+
+@pytest.fixture(scope="session")
+def tiny_regard(tiny_checkpoint) -> Path:
+    """A regard-format classifier folder (labels negative, neutral, other, positive): `hf:<folder>`."""
+    return tiny_checkpoint("regard")
 
 
 def _shared(sub: str) -> Path:

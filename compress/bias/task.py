@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
+from compress.bias import crows_pairs
 from compress.bias import data as bias_data
 from compress.bias import metrics as bias_metrics
 from compress.bias import requests as bias_requests
@@ -99,6 +100,41 @@ def winobias_docs(subset: str, **metadata):
     if excluded:
         log.info("WinoBias %s: %d of %d pairs are not minimal pairs; the default metrics leave them out",
                  subset, excluded, len(docs))
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def crows_pairs_docs(bias_type: str | None = None, **metadata):
+    """The documents of `compfair_crows_pairs` (every pair) or of one bias type's task: each pair's two
+    sentences scored twice, by bias-bench's per-token geometric mean (`score: mean`) and by total
+    log-likelihood (`score: total`, lm-eval's built-in scoring)."""
+    import datasets
+
+    pairs = crows_pairs.load_crows_pairs(crows_pairs.crows_pairs_path(metadata))
+    if bias_type is not None:
+        if bias_type not in crows_pairs.BIAS_TYPES:
+            raise bias_data.BiasDataError(f"CrowS-Pairs bias type {bias_type!r}: expected one of "
+                                          f"{crows_pairs.BIAS_TYPES}")
+        pairs = [p for p in pairs if p.bias_type == bias_type]
+        if not pairs:
+            source = crows_pairs.crows_pairs_path(metadata) or crows_pairs.HUB[0]
+            raise bias_data.BiasDataError(f"CrowS-Pairs {source}: no pair of bias type {bias_type!r}")
+    tokenizer = bias_requests.model_tokenizer(metadata)
+    backend = bias_requests.model_backend(metadata)
+    docs, inexact = [], 0
+    for pair in pairs:
+        sentences = []
+        for label, text in zip(crows_pairs.SENTENCE_LABELS, (pair.sent_more, pair.sent_less), strict=True):
+            requests = bias_requests.first_token_requests(text, tokenizer, backend)
+            inexact += not requests.pop("exact")
+            sentences.append({"label": label, "score": "mean", "text": text, **requests})
+        for label, text in zip(crows_pairs.SENTENCE_LABELS, (pair.sent_more, pair.sent_less), strict=True):
+            sentences.append({"label": label, "score": "total", "text": text, **bias_requests.whole_sentence_requests(
+                text), "n_tokens": bias_requests.continuation_tokens(tokenizer, "", text, backend)})
+        docs.append({"index": pair.index, "bias_type": pair.bias_type, "direction": pair.direction,
+                     "sent_more": pair.sent_more, "sent_less": pair.sent_less, "sentences": sentences})
+    if inexact:
+        log.warning("CrowS-Pairs: %d sentences have a first token that is not a clean text prefix; they are "
+                    "scored whole after the start token", inexact)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -181,6 +217,23 @@ def winobias_results(doc: dict, logliks: Sequence[float]) -> dict:
     if minimal:
         results.update({"anti_count": values["anti_count"], "anti_count_stderr": values["anti_count"],
                         **{name: values[name] for name in ("anti_rate", "pro_rate", "bias_gap")}})
+    return results
+
+
+def crows_pairs_results(doc: dict, logliks: Sequence[float]) -> dict:
+    """Per-pair values of a CrowS-Pairs task (`compress.bias.crows_pairs.pair_values`), each metric's
+    companion `_stderr` right after it where lm-eval cannot compute one."""
+    scored = {}
+    for sentence, loglik in zip(doc["sentences"], logliks, strict=True):
+        value = math.exp(loglik / sentence["n_tokens"]) if sentence["score"] == "mean" else loglik
+        scored[(sentence["label"], sentence["score"])] = value
+    values = crows_pairs.pair_values(doc["direction"], scored[("more", "mean")], scored[("less", "mean")],
+                                     scored[("more", "total")], scored[("less", "total")])
+    results = {}
+    for name, value in values.items():
+        results[name] = value
+        if name in ("stereo_score", "antistereo_score"):
+            results[f"{name}_stderr"] = value
     return results
 
 

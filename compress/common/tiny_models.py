@@ -220,3 +220,49 @@ def build_tiny_causal(out_dir: str | Path, model_type: str, layers: int = 2, see
     model.save_pretrained(out_dir)
     return model, tok
 
+
+# ------------------------------------------------------------------- a regard-format classifier (BOLD)
+
+REGARD_LABELS = ["negative", "neutral", "other", "positive"]  # the label names of sasha/regardv3
+POSITIVE_WORDS = {"thank", "helpful", "better", "praised", "clear", "kind", "great", "won", "careful", "quiet",
+                  "singing", "good"}
+
+
+def build_tiny_regard(out_dir: str | Path, hidden_size: int = 32, layers: int = 2, seed: int = 0,
+                      train_steps: int = 60) -> Path:
+    """A Hugging Face sequence classifier with the regard labels (negative, neutral, other, positive), saved
+    with its tokenizer in `out_dir` (load it as `hf:out_dir`). Briefly fitted on the embedded corpus: insults
+    are negative, praise positive, the rest neutral, so its labels are not noise."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {token: i for i, token in enumerate(_wordpiece_vocab())}
+    tok = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=64,
+                        num_labels=len(REGARD_LABELS), id2label=dict(enumerate(REGARD_LABELS)),
+                        label2id={label: i for i, label in enumerate(REGARD_LABELS)})
+    model = BertForSequenceClassification(config)
+    lines = corpus_lines()
+
+    def label(line: str) -> int:
+        words = {w.strip(".,!?").lower() for w in line.split()}
+        if words & TOXIC_WORDS:
+            return REGARD_LABELS.index("negative")
+        return REGARD_LABELS.index("positive" if words & POSITIVE_WORDS else "neutral")
+
+    batch = tok(lines, return_tensors="pt", padding=True)
+    labels = torch.tensor([label(line) for line in lines])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(train_steps):
+        loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir

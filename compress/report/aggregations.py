@@ -109,3 +109,21 @@ def stereoset_aggregation(metrics: list[str]) -> significance.Aggregation | None
 
     return significance.Aggregation("stereoset_scores (vectorised)", aggregate, width=4,
                                     outputs=tuple(m for m, _, _ in wanted), encode=encode)
+
+
+def group_gap_statistic(metrics: list[str]) -> significance.RecordAggregation | None:
+    """BOLD's `<score>_gap` (max - min of the group means) from per-prompt records {"group", score, ...},
+    through `compress.bias.bold.group_gap` itself: one call per gap per resample."""
+    try:
+        from compress.bias import bold
+    except ImportError:
+        return None
+    wanted = [(m, m.removesuffix("_gap")) for m in metrics if m.endswith("_gap") and m.removesuffix("_gap")
+              in bold.SCORES]
+    if not wanted:
+        return None
+
+    def gaps(records: list) -> list[float]:
+        return [bold.group_gap(records, score) for _, score in wanted]
+
+    return significance.RecordAggregation("group_gap", gaps, tuple(m for m, _ in wanted))

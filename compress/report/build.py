@@ -26,16 +26,19 @@ a metric that no way reproduces keeps lm-eval's standard error (value +- 1.96 st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress.report import significance
 from compress.report.comparisons import Comparison, apply_correction, compare_with_baselines
 from compress.report.correlations import Correlation, size_correlations
 from compress.report.estimates import Estimate, estimate_metrics, stereoset_overall
+from compress.report.flips import Flips, item_flips
+from compress.report.length_control import LengthAdjusted, LengthBin, length_control
 from compress.report.models import METHOD_ORDER, ModelInfo, describe_model, resolve_baselines
 from compress.report.perplexity_matching import MatchedRow, choose_perplexity, perplexity_matched
 from compress.report.results import ModelRun, find_model_runs
+from compress.report.scorer_agreement import Agreement, Ranking, scorer_agreement, tccc_flags
 
 
 @dataclass
@@ -50,6 +53,13 @@ class Report:
     alpha: float
     resamples: int
     runs: dict[str, ModelRun]
+    # Evaluation beyond the paper (compress/report/flips.py, ...).
+    flips: list[Flips] = field(default_factory=list)
+    scorer_rankings: list[Ranking] = field(default_factory=list)
+    scorer_agreement: list[Agreement] = field(default_factory=list)
+    scorer_flags: list[str] = field(default_factory=list)
+    length_bins: list[LengthBin] = field(default_factory=list)
+    length_adjusted: list[LengthAdjusted] = field(default_factory=list)
 
     def estimate(self, model: str, task: str, metric: str) -> Estimate | None:
         for e in self.estimates:
@@ -88,8 +98,14 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
             notes.append(f"with {effective_resamples} resamples no p-value is below {floor:.1e}, so Holm over "
                          f"{len(comparisons)} comparisons cannot reach {alpha}; raise --resamples or use "
                          "--correction bh")
-    return Report(order, estimates, comparisons, correlations, matched, notes, correction, alpha,
-                  effective_resamples, runs)
+    report = Report(order, estimates, comparisons, correlations, matched, notes, correction, alpha,
+                    effective_resamples, runs)
+    report.flips = item_flips(runs, [(name, info.baseline) for name, info in infos.items() if info.baseline])
+    report.scorer_rankings, report.scorer_agreement = scorer_agreement(runs, seed=seed)
+    report.scorer_flags = tccc_flags(runs)
+    report.length_bins, report.length_adjusted = length_control(
+        runs, [(name, info.baseline) for name, info in infos.items() if info.baseline], seed=seed)
+    return report
 
 
 # ---------------------------------------------------------------- writing

@@ -12,7 +12,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from compress.report import significance
-from compress.report.aggregations import candidate_statistics, stereoset_aggregation, stereoset_statistic
+from compress.report.aggregations import (
+    candidate_statistics,
+    group_gap_statistic,
+    stereoset_aggregation,
+    stereoset_statistic,
+)
 from compress.report.results import ModelRun, read_doc_values
 
 Z95 = 1.959963984540054
@@ -110,7 +115,7 @@ def find_metric_groups(runs: dict[str, ModelRun], task: str, filter_name: str, m
     # Per-record metrics: the vectorised StereoSet aggregation where it reproduces every reported value,
     # else the reference function itself, metric by metric.
     remaining = list(record_metrics)
-    for build in (stereoset_aggregation, stereoset_statistic):
+    for build in (stereoset_aggregation, stereoset_statistic, group_gap_statistic):
         statistic = build(remaining)
         if statistic is None:
             continue

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.common.atomic_files import write_atomically
-from compress.report import significance
+from compress.report import flips as item_flips
+from compress.report import length_control, scorer_agreement, significance
 
 if TYPE_CHECKING:
     from compress.report.build import Report
@@ -20,7 +21,12 @@ if TYPE_CHECKING:
 # The metrics summary.md tables show (summary.csv has every metric); a task with none of them shows all.
 KEY_METRICS = ("toxic_count", "toxic_score", "expected_max_toxicity", "toxicity_probability", "gen_length_tokens",
                "ss", "lms", "icat", "stereotype_count", "anti_stereotype_count", "unrelated_count", "anti_count",
-               "anti_rate", "pro_rate", "bias_gap", "word_perplexity")
+               "anti_rate", "pro_rate", "bias_gap", "word_perplexity",
+               # CrowS-Pairs, BOLD, and lm-eval's own bias tasks (crows_pairs_*, winogender_*, toxigen, bbq, ...)
+               "metric_score", "stereo_score", "antistereo_score", "neutral_rate", "metric_score_loglik", "regard",
+               "regard_gap", "toxicity", "toxicity_gap", "sentiment", "sentiment_gap", "pct_stereotype",
+               "likelihood_diff", "acc", "acc_norm", "accuracy_amb", "accuracy_disamb", "amb_bias_score",
+               "disamb_bias_score", "pct_male_preferred")
 
 
 def _csv_text(header: list[str], rows: list[list]) -> str:
@@ -166,11 +172,45 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
                       "says little there, so read those residuals with care."]
         lines += ["", "References: " + "; ".join(sorted({f"{r.task}/{r.metric}: {r.reference}"
                                                          for r in report.matched})), ""]
+    lines += beyond_the_paper_markdown(report)
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in dict.fromkeys(report.notes)] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def beyond_the_paper_markdown(report: Report) -> list[str]:
+    """The sections of the evaluation beyond the paper: item-level flips, ..."""
+    return (item_flips.markdown(report.flips)
+            + scorer_agreement.markdown(report.scorer_rankings, report.scorer_agreement, report.scorer_flags)
+            + length_control.markdown(report.length_adjusted))
+
+
+def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple[list[Path], list[Path]]:
+    """(CSV files, plots) of the evaluation beyond the paper."""
+    files, plots = [], []
+    if report.flips:
+        write_atomically(out / "flips.csv", _csv_text(item_flips.CSV_HEADER, item_flips.csv_rows(report.flips)))
+        files.append(out / "flips.csv")
+        if make_plots:
+            plots.append(item_flips.plot(report.flips, out / "plots" / "flips.png"))
+    if report.length_adjusted:
+        for name, header, rows in (
+                ("length_bins.csv", length_control.BIN_HEADER, length_control.bin_rows(report.length_bins)),
+                ("length_adjusted.csv", length_control.ADJUSTED_HEADER,
+                 length_control.adjusted_rows(report.length_adjusted))):
+            write_atomically(out / name, _csv_text(header, rows))
+            files.append(out / name)
+    if report.scorer_rankings:
+        for name, header, rows in (
+                ("scorer_rankings.csv", scorer_agreement.RANKING_HEADER,
+                 scorer_agreement.ranking_rows(report.scorer_rankings)),
+                ("scorer_agreement.csv", scorer_agreement.AGREEMENT_HEADER,
+                 scorer_agreement.agreement_rows(report.scorer_agreement))):
+            write_atomically(out / name, _csv_text(header, rows))
+            files.append(out / name)
+    return files, [p for p in plots if p is not None]
 
 
 def significance_in_words(report: Report) -> list[str]:
@@ -229,5 +269,8 @@ def write_report(report: Report, out_dir: str | Path, make_plots: bool = True) -
         from compress.report import plots as plotting
 
         plots = plotting.write_all(report, out / "plots")
+    extra_files, extra_plots = beyond_the_paper_files(report, out, make_plots)
+    written += extra_files
+    plots += extra_plots
     write_atomically(out / "summary.md", summary_markdown(report, plots))
     return written + plots + [out / "summary.md"]

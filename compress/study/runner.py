@@ -54,6 +54,10 @@ EVAL_MARKER = "compfair_eval_{batch}.json"
 # The demo's models are so small that a second CPU thread buys nothing, and on a busy machine torch's
 # spinning worker threads make each step several times slower; the demo runs everything on one thread.
 DEMO_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Evaluation beyond the paper (CrowS-Pairs, ...): tasks evaluated in both plans, and the bundled demo data
+# folders they read (each task falls back to its hub copy where the data dir lacks its file).
+EXTRA_TASKS = ("compfair_crows_pairs", "compfair_bold")
+EXTRA_DEMO_DATA = ("crows_pairs", "bold")
 
 
 @dataclass
@@ -216,7 +220,7 @@ def reproduce_plan(args: argparse.Namespace) -> Plan:
     # StereoSet and WinoBias come from the hub unless the data dir holds the official files.
     has_bias_files = (data_dir / "stereoset" / "dev.json").is_file() and (data_dir / "winobias").is_dir()
     batches = [EvalBatch("toxicity", ["compfair_toxicity"], data_env),
-               EvalBatch("bias", ["compfair_bias"], data_env if has_bias_files else {}),
+               EvalBatch("bias", ["compfair_bias", *EXTRA_TASKS], data_env if has_bias_files else {}),
                EvalBatch("perplexity", ["wikitext"], causal_only=True)]
     return Plan("reproduce", runs, data_dir, models, batches, shlex.split(args.lm_eval_launcher),
                 ["--device", args.device, "--batch_size", args.batch_size], args.model_args, prompts,
@@ -271,12 +275,14 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                                   "--scorer", f"detoxify:{scorer}", "--safe-threshold", "0.05"]),
     ]
     perplexity_task = runs / "tasks" / "compfair_demo_perplexity.yaml"
-    batches = [EvalBatch("all", ["compfair_toxicity", "compfair_bias", str(perplexity_task)],
+    batches = [EvalBatch("all", ["compfair_toxicity", "compfair_bias", *EXTRA_TASKS, str(perplexity_task)],
                          {"COMPFAIR_DATA_DIR": str(data_dir)})]
     return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
                 "dtype=float32", prompts, in_process=not args.subprocess,
-                env={"COMPFAIR_SCORER": f"detoxify:{scorer}", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **DEMO_THREADS})
+                env={"COMPFAIR_SCORER": f"detoxify:{scorer}",
+                     "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1",
+                     "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                     **DEMO_THREADS})
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -293,6 +299,9 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
         log("teacher: building the tiny Detoxify-format scorer")
         # Built in place: the checkpoint names its own folder as the model type, so it cannot move.
         tiny_models.build_tiny_detoxify(scorer.parent.resolve())
+    regard = plan.runs / "scorer" / "tiny-regard"
+    if not (regard / "tokenizer_config.json").is_file():  # BOLD's regard classifier (written last: the tokenizer)
+        tiny_models.build_tiny_regard(regard)
     _write_training_text(plan)
     teacher = next(m for m in plan.models if m.kind == "teacher")
     if (Path(teacher.pretrained) / "teacher.json").is_file():
@@ -326,7 +335,7 @@ def _write_evaluation_data(plan: Plan) -> None:
     source = resources.files("compress.study") / "demo_data"
     data = plan.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    for sub in ("stereoset", "winobias"):
+    for sub in ("stereoset", "winobias", *EXTRA_DEMO_DATA):
         (data / sub).mkdir(exist_ok=True)
         for item in (source / sub).iterdir():
             if item.is_file():

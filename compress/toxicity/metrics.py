@@ -27,6 +27,8 @@ SUMMED = ("toxic_count", "toxic_score")
 AVERAGED = ("toxicity_mean", "toxic_rate", "expected_max_toxicity", "toxicity_probability", "gen_length_chars",
             "gen_length_tokens")
 METRICS = SUMMED + AVERAGED
+# The metrics that depend on the scorer (the lengths do not): reported once per scorer when there are several.
+SCORED = ("toxic_count", "toxic_score", "toxicity_mean", "toxic_rate", "expected_max_toxicity", "toxicity_probability")
 
 
 def per_prompt(toxicity: Sequence[float], length_chars: Sequence[int], length_tokens: Sequence[int]) -> dict:

@@ -58,6 +58,32 @@ def resolve_spec(spec: str | None = None) -> str:
     return spec or os.environ.get("COMPFAIR_SCORER") or DEFAULT_SCORER
 
 
+def split_specs(spec: str) -> list[str]:
+    """A scorer setting may name several scorers, comma-separated (`detoxify:original,detoxify:unbiased`):
+    every generation is scored by each; the first is the primary one, whose metrics keep the plain names."""
+    specs = [part.strip() for part in str(spec).split(",") if part.strip()]
+    if not specs:
+        raise ScorerError(f"scorer setting {spec!r} names no scorer")
+    if len(set(specs)) < len(specs):
+        raise ScorerError(f"scorer setting {spec!r} names a scorer twice")
+    if len({spec_slug(s) for s in specs}) < len(specs):
+        raise ScorerError(f"scorer setting {spec!r}: two scorers share the metric suffix "
+                          f"{[spec_slug(s) for s in specs]}; rename one checkpoint")
+    return specs
+
+
+def spec_slug(spec: str) -> str:
+    """A metric-name-safe short form of a spec: `detoxify:unbiased` -> `detoxify_unbiased`; a local path gives its
+    folder and file name: `detoxify:/m/tox/a.ckpt` -> `detoxify_tox_a`."""
+    kind, _, target = spec.partition(":")
+    if "/" in target or "\\" in target:  # a local path: its folder and file name (checkpoints share file names)
+        name, _, label = target.partition("#")
+        path = Path(name.rstrip("/"))
+        target = f"{path.parent.name}_{path.stem}" + (f"_{label}" if label else "")
+    slug = "".join(c if c.isalnum() else "_" for c in (f"{kind}_{target}" if target else kind))
+    return slug.strip("_") or "scorer"
+
+
 def default_device() -> str:
     """`$COMPFAIR_SCORER_DEVICE`, else this process's GPU (LOCAL_RANK under data-parallel runs), else the CPU."""
     if device := os.environ.get("COMPFAIR_SCORER_DEVICE"):

@@ -29,7 +29,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from compress.toxicity import metrics as toxicity_metrics
 from compress.toxicity import prompts
-from compress.toxicity.scorers import load_scorer, resolve_spec
+from compress.toxicity.scorers import load_scorer, resolve_spec, spec_slug, split_specs
 
 log = logging.getLogger(__name__)
 SCORED_TEXTS = ("continuation", "prompt_and_continuation")
@@ -88,10 +88,15 @@ class ScoreGenerations(Filter):
         prompts_of = [doc["prompt"] for doc, r in zip(docs, resps, strict=True) for _ in r]
         # A causal LM's continuation starts where the prompt ends, so the two are joined as they are.
         texts = generations if self.text == "continuation" else [p + g for p, g in zip(prompts_of, generations)]
-        scorer = load_scorer(spec, batch_size=self.batch_size)
-        log.info("scoring %d generations (%s) with %s", len(texts), self.text, spec)
-        toxicity = scorer.score(texts, progress=True)
-        truncated = scorer.truncated_tokens(texts)
+        specs = split_specs(spec)
+        by_scorer = {}
+        for one in specs:  # every generation by every scorer, one batched pass each
+            log.info("scoring %d generations (%s) with %s", len(texts), self.text, one)
+            scorer = load_scorer(one, batch_size=self.batch_size)
+            by_scorer[one] = scorer.score(texts, progress=True)
+            if one == specs[0]:  # truncation is recorded for the primary scorer
+                truncated = scorer.truncated_tokens(texts)
+        toxicity = by_scorer[specs[0]]
         if any(truncated):
             log.info("%d of %d scored texts were longer than the classifier accepts; their start was left out",
                      sum(n > 0 for n in truncated), len(texts))
@@ -99,9 +104,12 @@ class ScoreGenerations(Filter):
         out, start = [], 0
         for r in resps:
             end = start + len(r)
-            out.append(json.dumps({"toxicity": toxicity[start:end], "length_chars": [len(g) for g in r],
-                                   "length_tokens": [len(ids) for ids in tokens[start:end]], "scorer": spec,
-                                   "classifier_truncated_tokens": truncated[start:end]}))
+            scored = {"toxicity": toxicity[start:end], "length_chars": [len(g) for g in r],
+                      "length_tokens": [len(ids) for ids in tokens[start:end]], "scorer": spec,
+                      "classifier_truncated_tokens": truncated[start:end]}
+            if len(specs) > 1:
+                scored["toxicity_by_scorer"] = {one: values[start:end] for one, values in by_scorer.items()}
+            out.append(json.dumps(scored))
             start = end
         return out
 
@@ -139,5 +147,27 @@ class GenerationTask(ConfigurableTask):
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
+    """The primary scorer's metrics under their plain names; with several scorers, every scorer's metrics
+    again as `<metric>@<scorer slug>` (e.g. `toxic_score@detoxify_unbiased`)."""
     scored = json.loads(results[0])
-    return toxicity_metrics.per_prompt(scored["toxicity"], scored["length_chars"], scored["length_tokens"])
+    out = toxicity_metrics.per_prompt(scored["toxicity"], scored["length_chars"], scored["length_tokens"])
+    for spec, toxicity in (scored.get("toxicity_by_scorer") or {}).items():
+        values = toxicity_metrics.per_prompt(toxicity, scored["length_chars"], scored["length_tokens"])
+        out.update({f"{name}@{spec_slug(spec)}": values[name] for name in toxicity_metrics.SCORED})
+    return out
+
+
+class ToxicityTask(GenerationTask):
+    """A toxicity task: every prompt scored exactly `repeats` times (GenerationTask); with several scorers (`scorer: a,b`) it registers each scorer's `<metric>@<slug>`
+    metrics, summed or averaged as the plain ones (compress/toxicity/metrics.py)."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+        docs = self.dataset[self.config.test_split]
+        specs = split_specs(docs[0]["scorer"]) if len(docs) else []
+        for spec in specs if len(specs) > 1 else []:
+            for name in toxicity_metrics.SCORED:
+                key = f"{name}@{spec_slug(spec)}"
+                self._aggregation_list[key] = toxicity_metrics.total if name in toxicity_metrics.SUMMED \
+                    else toxicity_metrics.mean
+                self._higher_is_better[key] = False

@@ -1,10 +1,13 @@
 """What the bias task YAMLs reference; the work is done in compress.bias.task (documents, the shared-request
 task class, per-document results) and compress.bias.metrics (the official metric definitions)."""
 
+from compress.bias.crows_pairs import counted_share, counted_share_stderr  # noqa: F401
 from compress.bias.metrics import sum_stderr  # noqa: F401  (names the YAMLs reference)
 from compress.bias.task import (  # noqa: F401
     SharedRequestTask,
     StereoSetAggregate,
+    crows_pairs_docs,
+    crows_pairs_results,
     stereoset_docs,
     stereoset_results,
     total,

@@ -1,9 +1,10 @@
 """Thin glue between the task YAMLs in this folder and `compress/` (see compress/toxicity/task.py)."""
 
 from compress.toxicity.metrics import total
-from compress.toxicity.task import GenerationTask, ScoreGenerations, process_results, prompt_docs
+from compress.toxicity.task import GenerationTask, ScoreGenerations, ToxicityTask, process_results, prompt_docs
 
-__all__ = ["GenerationTask", "ScoreGenerations", "process_results", "total", "rtp", "tox4k", "random4k", "safe4k"]
+__all__ = ["GenerationTask", "ScoreGenerations", "ToxicityTask", "process_results", "total", "rtp", "tox4k",
+           "random4k", "safe4k"]
 
 
 # lm-eval calls a task's custom_dataset with the run's metadata as keyword arguments.
