@@ -33,6 +33,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make prompts | distill CONFIG=A | distill-all | prune SUBSET=2560 | prune-all | report | reproduce | bench"
 	@echo "make quantize QUANT=gptq MODEL=gpt2 | sparsify SPARSE=wanda_2of4 MODEL=gpt2"
+	@echo "make reproduce STUDY=modern [TEACHER=Qwen/Qwen2.5-0.5B] | demo STUDY=modern   one teacher, every method"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
