@@ -33,6 +33,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make prompts | distill CONFIG=A | distill-all | prune SUBSET=2560 | prune-all | report | reproduce | bench"
 	@echo "make quantize QUANT=gptq MODEL=gpt2 | sparsify SPARSE=wanda_2of4 MODEL=gpt2"
+	@echo "make reproduce STUDY=modern [TEACHER=Qwen/Qwen2.5-0.5B] | demo STUDY=modern   one teacher, every method"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -57,8 +58,14 @@ lint: install
 MODELS ?=
 STAGES ?=
 STUDY_ARGS ?=
-DEMO_RUNS ?= runs/demo
-STUDY_NARROW = $(if $(MODELS),--models $(MODELS)) $(if $(STAGES),--stages $(STAGES))
+DEMO_RUNS ?= $(if $(filter modern,$(STUDY)),runs/demo_modern,runs/demo)
+STUDY_NARROW = $(if $(MODELS),--models $(MODELS)) $(if $(STAGES),--stages $(STAGES)) $(STUDY_PRESET)
+# STUDY=modern: one modern teacher (TEACHER=, default Qwen/Qwen2.5-0.5B) through every method at two or three
+# strengths (compress/study/runner.py MODERN_PRESET); reproduce writes $(RUNS)/modern/<teacher>, the demo
+# runs/demo_modern. STUDY=paper (the default) is the paper's study.
+STUDY ?= paper
+TEACHER ?=
+STUDY_PRESET = --study $(STUDY) $(if $(TEACHER),--teacher $(TEACHER))
 
 # Offline, on a tiny embedded default: a tiny teacher trained on the spot, six students, two pruned models,
 # every toxicity and bias task on bundled samples, scored by a tiny Detoxify-format classifier.

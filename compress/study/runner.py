@@ -11,6 +11,7 @@ Stages, in order (`--stages` picks some; each can run alone once its inputs exis
               puts its bundled StereoSet and WinoBias samples and its held-out perplexity text there)
     distill   `compress/distill.py` for each student (A, B, Bnot, C, D, Dnot)
     prune     `compress/prune.py` for each pruning data size
+    drop_layers `compress/drop_layers.py` for each model shortened by layer dropping (the modern preset)
     quantize  `compress/quantize.py` for each quantized model (demo: GPTQ 4-bit of the teacher)
     sparsify  `compress/sparsify.py` for each sparse model (demo: Wanda 2:4 of the teacher)
     evaluate  `lm_eval` on every model: the toxicity and bias tasks and a perplexity task, with
@@ -21,6 +22,10 @@ A stage's unit of work is done when its output is complete: the data dir's manif
 `distillation.json` / `pruning.json` (written last by the trainers), an evaluation marker written after
 lm-eval exits successfully. Those units are skipped, so an interrupted run picks up where it stopped.
 `--models` narrows the work to some models (the report still covers every evaluated model).
+
+`--study modern` swaps the paper's models for MODERN_PRESET: one configurable teacher (`--teacher`, default
+Qwen/Qwen2.5-0.5B; the demo's tiny GPT-2 in `demo`) through every method at two or three strengths, each
+model compared in the report with that teacher (the baseline its trainer record names).
 
 `reproduce` is the paper's study on real models (hub access, a GPU); `demo` is the same pipeline
 offline on a tiny embedded default that finishes in minutes on a CPU: it swaps the teacher, the data,
@@ -46,7 +51,7 @@ from pathlib import Path
 from compress.common.atomic_files import write_json_atomically
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("teacher", "prompts", "distill", "prune", "quantize", "sparsify", "evaluate", "report")
+STAGES = ("teacher", "prompts", "distill", "prune", "drop_layers", "quantize", "sparsify", "evaluate", "report")
 STUDENTS = ("A", "B", "Bnot", "C", "D", "Dnot")
 PRUNE_SUBSETS = (256, 1280, 2560, 5120, 12800)
 PROMPT_FILES = ("rtp.jsonl", "tox4k.jsonl", "random4k.jsonl", "safe4k.jsonl", "manifest.json")
@@ -79,7 +84,7 @@ class Model:
     """One model of the study: where it comes from, how it is built, how lm-eval loads it."""
 
     name: str
-    kind: str  # teacher | student | pruned | quantized | sparse | baseline
+    kind: str  # teacher | student | pruned | dropped | quantized | sparse | baseline
     pretrained: str  # hub name or local folder
     backend: str = "causal"  # causal | seq2seq
     build: Step | None = None  # the trainer run that writes `pretrained`
@@ -112,6 +117,7 @@ class Plan:
     prompt_steps: list[Step]
     env: dict[str, str] = field(default_factory=dict)
     in_process: bool = False  # run every step in this process (saves each step's start-up on a small CPU)
+    study: str = "paper"  # paper | modern (MODERN_PRESET on one configurable teacher)
 
     @property
     def eval_root(self) -> Path:
@@ -285,12 +291,140 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                      **DEMO_THREADS})
 
 
+# ---------------------------------------------------------------------------------------------- modern preset
+
+# `--study modern`: one configurable modern teacher through every method at two or three strengths. Each row:
+# model name, kind, the module that builds it, its config (the paper's, with the teacher and strength given as
+# flags), and the strength's flags; {half} is half the teacher's depth, {drop} the blocks removed to get there.
+MODERN_TEACHER = "Qwen/Qwen2.5-0.5B"
+MODERN_PRESET = (
+    ("distill_half", "student", "compress.distill", "trainer_configs/distill/B.yaml", ["--student_layers", "{half}"]),
+    ("drop_angular_half", "dropped", "compress.drop_layers",
+     "trainer_configs/drop_layers/gpt2_angular_distance_6.yaml", ["--num_blocks_to_drop", "{drop}"]),
+    ("drop_influence_half", "dropped", "compress.drop_layers",
+     "trainer_configs/drop_layers/gpt2_block_influence_6.yaml", ["--num_blocks_to_drop", "{drop}"]),
+    ("prune_5pct_x3", "pruned", "compress.prune", "trainer_configs/prune/wikitext_2560.yaml",
+     ["--prune_fraction", "0.05", "--iterations", "3"]),
+    ("prune_10pct_x5", "pruned", "compress.prune", "trainer_configs/prune/wikitext_2560.yaml",
+     ["--prune_fraction", "0.1", "--iterations", "5"]),
+    ("magnitude_50", "sparse", "compress.sparsify", "trainer_configs/sparsify/magnitude_50.yaml", []),
+    ("wanda_50", "sparse", "compress.sparsify", "trainer_configs/sparsify/wanda_50.yaml", []),
+    ("magnitude_2of4", "sparse", "compress.sparsify", "trainer_configs/sparsify/magnitude_2of4.yaml", []),
+    ("wanda_2of4", "sparse", "compress.sparsify", "trainer_configs/sparsify/wanda_2of4.yaml", []),
+    ("int8", "quantized", "compress.quantize", "trainer_configs/quantize/int8.yaml", []),
+    ("int4", "quantized", "compress.quantize", "trainer_configs/quantize/int4.yaml", []),
+    ("gptq_int4", "quantized", "compress.quantize", "trainer_configs/quantize/gptq.yaml", []),
+)
+# Block counts of the hub teachers the preset names, so planning needs no download; others are read from their config.
+MODERN_KNOWN_BLOCKS = {"Qwen/Qwen2.5-0.5B": 24, "Qwen/Qwen2.5-0.5B-Instruct": 24, "meta-llama/Llama-3.2-1B": 16}
+MODERN_RECORDS = {"student": "distillation.json", "dropped": "layer_dropping.json", "pruned": "pruning.json",
+                  "sparse": "sparsity.json", "quantized": "quantization.json"}
+MODERN_FOLDERS = {"student": "students", "dropped": "dropped", "pruned": "pruned", "sparse": "sparse",
+                  "quantized": "quantized"}
+# The trainers (distill, drop_layers, prune) run under accelerate in reproduce; quantize and sparsify in one process.
+MODERN_ACCELERATED = ("compress.distill", "compress.drop_layers", "compress.prune")
+
+
+def _modern_teacher_blocks(teacher: str, given: int | None) -> int:
+    """The teacher's block count: given, known, or read from its config; one-line error otherwise."""
+    if given is not None:
+        blocks = given
+    elif teacher in MODERN_KNOWN_BLOCKS:
+        blocks = MODERN_KNOWN_BLOCKS[teacher]
+    else:
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(teacher)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: --teacher {teacher}: cannot read its config ({str(err).splitlines()[0]}); "
+                             "pass --teacher-blocks N") from None
+        blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+        if not isinstance(blocks, int):
+            raise SystemExit(f"error: --teacher {teacher}: its config names no block count; pass --teacher-blocks N")
+    if blocks < 2:
+        raise SystemExit(f"error: --teacher {teacher} has {blocks} block(s): half depth needs at least 2")
+    return blocks
+
+
+def modern_models(teacher: Model, blocks: int, root: Path, launch: list[str],
+                  extra: dict[str, list[str]] | None = None) -> list[Model]:
+    """The teacher and one model per MODERN_PRESET row, each built from `teacher.pretrained` into ROOT/<kind>/<name>.
+
+    `extra` adds flags per module (the demo's data, step counts and CPU settings)."""
+    half = blocks // 2
+    fill = {"{half}": str(half), "{drop}": str(blocks - half)}
+    models = [teacher]
+    for name, kind, module, config, flags in MODERN_PRESET:
+        out = root / MODERN_FOLDERS[kind] / name
+        source = "--teacher_name_or_path" if kind == "student" else "--model_name_or_path"
+        argv = [config, source, teacher.pretrained, *(fill.get(f, f) for f in flags), "--output_dir", str(out),
+                *(extra or {}).get(module, []), *(extra or {}).get(name, [])]
+        models.append(Model(name, kind, str(out), done_file=MODERN_RECORDS[kind], build=Step(
+            module, argv, launch if module in MODERN_ACCELERATED else [sys.executable], script=True)))
+    return models
+
+
+def _slug(model: str) -> str:
+    return Path(model.rstrip("/")).name or model
+
+
+def modern_reproduce_plan(args: argparse.Namespace) -> Plan:
+    """The modern preset on real models: the paper's prompts, tasks and settings, MODERN_PRESET's models of one
+    teacher, written to RUNS/modern/<teacher> (the prompts stay in the shared data dir)."""
+    plan = reproduce_plan(args)
+    blocks = _modern_teacher_blocks(args.teacher, args.teacher_blocks)
+    plan.runs = Path(args.runs) / "modern" / _slug(args.teacher)
+    plan.models = modern_models(Model(_slug(args.teacher), "teacher", args.teacher), blocks, plan.runs,
+                                _launcher(args.accelerate_config))
+    plan.study = "modern"
+    return plan
+
+
+def modern_demo_plan(args: argparse.Namespace) -> Plan:
+    """The modern preset scaled down on the demo's tiny 12-block GPT-2 teacher, its data and its settings."""
+    plan = demo_plan(args)
+    runs, teacher = Path(plan.runs), plan.models[0]
+    corpus = str(plan.data_dir / "corpus.txt")
+    cpu = ["--use_cpu", "true", "--bf16", "false", "--preprocessing_num_workers", "1",
+           "--dataloader_num_workers", "0", "--report_to", "none", "--disable_tqdm", "true"]
+    data = ["--train_file", corpus, "--validation_split_percentage", "10", "--block_size", str(args.block_size)]
+    calibration = [*data, "--num_samples", "16"]
+    extra = {
+        "compress.distill": [*data, "--dataset_fraction", "1", "--max_steps", str(args.distill_steps),
+                             "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+                             "--learning_rate", "3e-3", "--warmup_steps", "0", "--eval_strategy", "no",
+                             "--save_strategy", "no", "--load_best_model_at_end", "false",
+                             "--logging_steps", str(max(1, args.distill_steps // 4)),
+                             *cpu],
+        "compress.drop_layers": [*calibration, "--per_device_eval_batch_size", "16", *cpu],
+        "compress.prune": [*data, "--num_samples", str(args.prune_samples[0]), "--per_device_eval_batch_size", "16",
+                           *cpu],
+        "compress.sparsify": calibration,
+        "compress.quantize": calibration,
+        # n_embd 48: groups of 16 inputs
+        "int4": ["--group_size", "16"], "gptq_int4": ["--group_size", "16"],
+    }
+    plan.models = modern_models(teacher, DEMO_TEACHER_BLOCKS, runs, [sys.executable], extra)
+    plan.study = "modern"
+    return plan
+
+
+DEMO_TEACHER_BLOCKS = 12  # train_demo_teacher's n_layer
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    if getattr(args, "study", "paper") == "modern":
+        return modern_demo_plan(args) if args.plan == "demo" else modern_reproduce_plan(args)
+    return demo_plan(args) if args.plan == "demo" else reproduce_plan(args)
+
+
 # ---------------------------------------------------------------------------------------------- stages
 
 
 def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
     if plan.name != "demo":
-        log("teacher: gpt2 and the Detoxify scorer come from the hub; nothing to build")
+        log("teacher: the teacher and the Detoxify scorer come from the hub; nothing to build")
         return
     from compress.common import tiny_models
 
@@ -415,7 +549,8 @@ def stage_prompts(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
 def _build_stage(kind: str, plan: Plan, models: list[Model]) -> None:
     todo = [m for m in models if m.kind == kind]
     for i, model in enumerate(todo, 1):
-        verb = {"student": "distill", "pruned": "prune", "quantized": "quantize", "sparse": "sparsify"}[kind]
+        verb = {"student": "distill", "pruned": "prune", "quantized": "quantize", "sparse": "sparsify",
+                "dropped": "drop layers of"}[kind]
         what = f"{verb} {model.name} ({i} of {len(todo)})"
         if (Path(model.pretrained) / model.done_file).is_file():
             log(f"{what}: {model.pretrained} is complete; skipped")
@@ -429,6 +564,10 @@ def stage_distill(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
 
 def stage_prune(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
     _build_stage("pruned", plan, models)
+
+
+def stage_drop_layers(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
+    _build_stage("dropped", plan, models)
 
 
 def stage_quantize(plan: Plan, args: argparse.Namespace, models: list[Model]) -> None:
@@ -487,7 +626,8 @@ def stage_report(plan: Plan, args: argparse.Namespace, models: list[Model]) -> N
 
 
 STAGE_FUNCTIONS = {"teacher": stage_teacher, "prompts": stage_prompts, "distill": stage_distill,
-                   "prune": stage_prune, "quantize": stage_quantize, "sparsify": stage_sparsify,
+                   "prune": stage_prune, "drop_layers": stage_drop_layers, "quantize": stage_quantize,
+                   "sparsify": stage_sparsify,
                    "evaluate": stage_evaluate, "report": stage_report}
 
 
@@ -527,6 +667,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     real.add_argument("--batch-size", default="auto")
     real.add_argument("--model-args", default="dtype=auto", help="extra lm-eval model_args for every model")
     real.add_argument("--scorer", default=None, help="COMPFAIR_SCORER (default: the tasks' default, detoxify:original)")
+    modern = parser.add_argument_group("modern preset (--study modern)")
+    modern.add_argument("--study", choices=("paper", "modern"), default="paper",
+                        help="the paper's study (default) or the modern preset: one teacher through every method")
+    modern.add_argument("--teacher", default=MODERN_TEACHER, help="the modern preset's teacher (hub id or folder; "
+                        "reproduce only, the demo uses its tiny GPT-2)")
+    modern.add_argument("--teacher-blocks", type=int, default=None,
+                        help="its block count (default: known for the preset's hub teachers, else from its config)")
     demo = parser.add_argument_group("demo (sizes of the embedded default)")
     demo.add_argument("--teacher-steps", type=int, default=200)
     demo.add_argument("--distill-steps", type=int, default=100)
@@ -537,7 +684,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     demo.add_argument("--subprocess", action="store_true",
                       help="run each step in its own process, as reproduce does (default: all in this process)")
     args = parser.parse_args(argv)
-    args.runs = args.runs or ("runs" if args.plan == "reproduce" else "runs/demo")
+    args.runs = args.runs or ("runs" if args.plan == "reproduce" else
+                              "runs/demo_modern" if args.study == "modern" else "runs/demo")
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
@@ -548,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plan == "demo":
         args.accelerate_config = None
-    plan = demo_plan(args) if args.plan == "demo" else reproduce_plan(args)
+    plan = build_plan(args)
     if plan.in_process:
         # Steps run here: their environment must be in place before torch, datasets or the hub client load.
         os.environ.update(plan.env)
