@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from scipy import stats
 from report_fixtures import write_lm_eval_run
+from scipy import stats
 
 from compress.report import aggregations, cli
 from compress.report import build as rep
@@ -227,7 +227,8 @@ def _borderline_study(root):
 def test_a_raw_p_below_alpha_is_not_significant_once_corrected(tmp_path, correction):
     dirs = _borderline_study(tmp_path)
     out = tmp_path / "report"
-    assert cli.main([str(d) for d in dirs] + ["--out", str(out), "--correction", correction, "--resamples", "10000"]) == 0
+    args = [str(d) for d in dirs] + ["--out", str(out), "--correction", correction, "--resamples", "10000"]
+    assert cli.main(args) == 0
     rows = {r["metric"]: r for r in check_correction(out / "comparisons.csv", correction)}
     assert set(rows) == {"toxic_score", "toxicity_mean", "gen_length_tokens"}
     exact = 2 * sum(math.comb(20, k) for k in range(15, 21)) / 2 ** 20  # 15 of 20 signs agree, two-sided

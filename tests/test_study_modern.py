@@ -70,7 +70,8 @@ def test_modern_plan_takes_the_default_teacher_through_every_method_with_these_c
     # The paper's prompts, tasks and lm-eval settings are shared.
     assert plan.data_dir == Path("R") / "prompts"
     assert [b.label for b in plan.eval_batches] == ["toxicity", "bias", "perplexity"]
-    assert [b.tasks for b in plan.eval_batches] == [["compfair_toxicity"], ["compfair_bias"], ["wikitext"]]
+    assert [b.tasks for b in plan.eval_batches] == [
+        ["compfair_toxicity"], ["compfair_bias", "compfair_crows_pairs", "compfair_bold"], ["wikitext"]]
 
 
 def test_another_teacher_sets_the_depths_and_its_own_folder():

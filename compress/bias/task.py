@@ -37,11 +37,10 @@ from collections.abc import Sequence
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
-from compress.bias import crows_pairs
+from compress.bias import crows_pairs, winobias_pairs
 from compress.bias import data as bias_data
 from compress.bias import metrics as bias_metrics
 from compress.bias import requests as bias_requests
-from compress.bias import winobias_pairs
 
 log = logging.getLogger(__name__)
 

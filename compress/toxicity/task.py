@@ -158,11 +158,12 @@ def process_results(doc: dict, results: list[str]) -> dict:
 
 
 class ToxicityTask(GenerationTask):
-    """A toxicity task: every prompt scored exactly `repeats` times (GenerationTask); with several scorers (`scorer: a,b`) it registers each scorer's `<metric>@<slug>`
-    metrics, summed or averaged as the plain ones (compress/toxicity/metrics.py)."""
+    """A toxicity task: every prompt scored exactly `repeats` times (GenerationTask); with several scorers
+    (`scorer: a,b`) it registers each scorer's `<metric>@<slug>` metrics, summed or averaged as the plain ones
+    (compress/toxicity/metrics.py)."""
 
     def __init__(self, config: dict | None = None) -> None:
-        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+        super().__init__(config)
         docs = self.dataset[self.config.test_split]
         specs = split_specs(docs[0]["scorer"]) if len(docs) else []
         for spec in specs if len(specs) > 1 else []:
