@@ -23,6 +23,8 @@ _BUILDERS = {
     "gpt2": lambda path, **kw: tiny_models.build_tiny_gpt2(path, **kw),
     "seq2seq": lambda path, **kw: tiny_models.build_tiny_seq2seq(path, **kw),
     "detoxify": lambda path, **kw: tiny_models.build_tiny_detoxify(path, **kw),
+    # any head-pruning family: tiny_checkpoint("causal_lm", model_type="qwen3")
+    "causal_lm": lambda path, **kw: tiny_models.build_tiny_causal_lm(path, **kw),
 }
 
 
