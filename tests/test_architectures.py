@@ -397,3 +397,96 @@ def test_pruned_models_evaluate_in_lm_eval_on_a_bias_task(pruned, family_dir, wi
         results = evaluate_bias(folder, winobias_dir, trust_remote_code=remote)
         assert "compfair_winobias_type1_dev" in results["results"]
         check_logliks_against(results, reference, tokenizer)
+
+
+# ---- distillation students of every family ----
+
+def _skipping(model, skipped: set[int]):
+    """`model` with the blocks in `skipped` replaced by the identity (forward hooks; independent of students.py)."""
+    blocks = model.get_submodule(HAND[model.config.model_type][0])
+
+    def identity(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
+
+    for index in skipped:
+        blocks[index].register_forward_hook(identity, with_kwargs=True)
+    return model
+
+
+@pytest.mark.parametrize("model_type", TINY_CAUSAL_LM_TYPES)
+def test_students_of_every_family_are_the_teacher_without_the_dropped_blocks(family_dir, model_type, tmp_path):
+    from compress.models.students import build_student
+
+    teacher = _load(family_dir(model_type))
+    student, kept = build_student(teacher, 2)
+    assert kept == [0, 2]
+    student.save_pretrained(tmp_path)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(student) is type(teacher) and student.config.num_hidden_layers == 2
+    if getattr(teacher.config, "layer_types", None):  # sliding/full attention follows the kept blocks
+        assert student.config.layer_types == [teacher.config.layer_types[i] for i in kept]
+    if teacher.config.tie_word_embeddings:  # Gemma: the head stays the embedding
+        assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    ids = _ids(4, length=12)  # longer than the tiny sliding window (8)
+    with torch.no_grad():
+        expected = _skipping(_load(family_dir(model_type)), {1})(input_ids=ids).logits
+        torch.testing.assert_close(student(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+    random, none = build_student(teacher, 2, init_from_teacher=False)
+    assert none is None and count_parameters(random) == count_parameters(student)
+
+
+def _distil(teacher, text, out, **flags):
+    from compress.distill import main
+
+    settings = {"teacher_name_or_path": teacher, "student_layers": 2, "train_file": text, "block_size": 16,
+                "output_dir": out, "per_device_train_batch_size": 4, "learning_rate": 3e-3, "max_steps": 3,
+                "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no", "use_cpu": "true",
+                "report_to": "none", "disable_tqdm": "true", "seed": 0, **flags}
+    return main([item for key, value in settings.items() for item in (f"--{key}", str(value))])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["gemma3_text", "phi3"])
+def test_distilled_students_evaluate_in_lm_eval_on_a_bias_task(family_dir, prune_text, winobias_dir, model_type,
+                                                              tmp_path):
+    from transformers import AutoTokenizer
+
+    summary = _distil(family_dir(model_type), prune_text, tmp_path / "student")
+    assert summary["kept_layers"] == [0, 2] and summary["global_step"] == 3
+    written = json.loads((tmp_path / "student" / "distillation.json").read_text())
+    assert written["student_parameters"] < written["teacher_parameters"]
+    student = _load(tmp_path / "student")
+    teacher = _load(family_dir(model_type))
+    blocks = HAND[model_type][0]
+    # trained: a kept block moved away from the teacher block it started from
+    assert not torch.equal(student.get_submodule(blocks)[1].mlp.down_proj.weight,
+                           teacher.get_submodule(blocks)[2].mlp.down_proj.weight)
+    results = evaluate_bias(tmp_path / "student", winobias_dir)
+    check_logliks_against(results, student, AutoTokenizer.from_pretrained(tmp_path / "student"))
+
+
+def test_vocabularies_differing_by_padding_rows_distil_and_other_tokenizers_are_refused(tmp_path, prune_text):
+    from compress.common.tiny_models import build_tiny_causal_lm, build_tokenizer
+    from compress.distillation.trainer import shared_vocabulary_logits
+
+    build_tiny_causal_lm(tmp_path / "teacher", "qwen2", vocab_padding=24)  # 624 rows, as Qwen2.5-7B pads more
+    build_tiny_causal_lm(tmp_path / "student", "qwen2", layers=2, seed=1)  # 600 rows, the same tokenizer
+    teacher_rows = _load(tmp_path / "teacher").get_output_embeddings().weight.shape[0]
+    assert teacher_rows == _load(tmp_path / "student").get_output_embeddings().weight.shape[0] + 24
+    summary = _distil(tmp_path / "teacher", prune_text, tmp_path / "out", student_name_or_path=tmp_path / "student")
+    assert summary["student"] == str(tmp_path / "student") and summary["kept_layers"] is None
+    assert summary["global_step"] == 3 and torch.isfinite(torch.tensor(summary["train_loss"]))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert all(entry["loss_kd"] >= 0 for entry in history if "loss_kd" in entry)
+    # The loss sees the common rows: the teacher's 24 padding rows are cut, nothing else.
+    student_logits, teacher_logits = torch.randn(2, 3, 600), torch.randn(2, 3, 624)
+    cut_student, cut_teacher = shared_vocabulary_logits(student_logits, teacher_logits)
+    assert torch.equal(cut_student, student_logits) and torch.equal(cut_teacher, teacher_logits[..., :600])
+
+    other = tmp_path / "other"
+    build_tiny_causal_lm(other, "qwen2", layers=2)
+    build_tokenizer(other, vocab_size=450)  # a different tokenizer beside the same weights
+    with pytest.raises(SystemExit, match="has a different tokenizer from the teacher's") as err:
+        _distil(tmp_path / "teacher", prune_text, tmp_path / "refused", student_name_or_path=other)
+    assert "\n" not in str(err.value)

@@ -178,6 +178,21 @@ def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
     return ((1 - cosine) * valid).sum() / valid.sum().clamp(min=1)
 
 
+def shared_vocabulary_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' logits over the rows they share.
+
+    A teacher and a student with one tokenizer may still have embedding matrices of different sizes, padded
+    past the tokenizer to a round number (Qwen2.5: 151,936 rows in the small models, 152,064 in 7B and
+    up). No token maps to a padding row, so the loss compares the two over their common rows (every real
+    token is among them: `compress/distill.py` checks the tokenizer fits both) and ignores the rest.
+    """
+    rows = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    if student_logits.shape[-1] == teacher_logits.shape[-1]:
+        return student_logits, teacher_logits
+    return student_logits[..., :rows], teacher_logits[..., :rows]
+
+
 def perplexity(loss: float) -> float:
     try:
         return math.exp(loss)
@@ -233,8 +248,9 @@ class DistillationTrainer(Trainer):
         with torch.no_grad():
             teacher_outputs = self.teacher(**model_inputs, output_hidden_states=use_hidden)
         kd_scale = args.temperature**2 / positions
+        student_logits, teacher_logits = shared_vocabulary_logits(outputs.logits, teacher_outputs.logits)
         loss, kd_sum, ce_sum = distillation_logit_loss(
-            outputs.logits, teacher_outputs.logits if args.alpha_kd > 0 else None, targets, valid, args.temperature,
+            student_logits, teacher_logits if args.alpha_kd > 0 else None, targets, valid, args.temperature,
             args.alpha_kd * kd_scale, args.alpha_ce / positions, args.kd_chunk_size, args.compile_loss)
         parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
         if use_hidden:
