@@ -66,6 +66,24 @@ def load_tokenizer(student_args: StudentArguments):
     return tokenizer
 
 
+def load_student(name: str, tokenizer):
+    """A pretrained student that shares the teacher's tokenizer (`tokenizer`); padding rows may differ."""
+    try:
+        student_tokenizer = AutoTokenizer.from_pretrained(name)
+        student = AutoModelForCausalLM.from_pretrained(name, dtype="float32")
+    except Exception as err:
+        raise SystemExit(f"error: could not load student {name!r} ({_first_line(err)})") from None
+    if student_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SystemExit(f"error: student {name!r} has a different tokenizer from the teacher's "
+                         f"({len(student_tokenizer)} vs {len(tokenizer)} tokens, or different ids); distillation "
+                         "compares the two models token by token, so they must share one tokenizer")
+    rows = student.get_output_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise SystemExit(f"error: student {name!r} has {rows} output rows for a tokenizer of {len(tokenizer)} "
+                         "tokens")
+    return student
+
+
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     """`auto`: the last checkpoint in output_dir if there is one; a path: that checkpoint; None: start fresh."""
     if value is None:
@@ -94,11 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: block_size {data_args.block_size} exceeds the teacher's {max_positions} positions")
     if data_args.block_size is None and max_positions:
         data_args.block_size = min(tokenizer.model_max_length, max_positions, 1024)
-    try:
-        student, kept_layers = build_student(teacher, student_args.student_layers, student_args.init_from_teacher,
-                                             student_args.layer_selection)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    if student_args.student_name_or_path:
+        student, kept_layers = load_student(student_args.student_name_or_path, tokenizer), None
+    else:
+        try:
+            student, kept_layers = build_student(teacher, student_args.student_layers,
+                                                 student_args.init_from_teacher, student_args.layer_selection)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
     student_parameters = count_parameters(student)  # before any wrapper shards it
 
     data = build_lm_datasets(data_args, tokenizer, seed=config.seed, main_process_first=config.main_process_first)
@@ -116,10 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = {
         "teacher": student_args.teacher_name_or_path,
-        "student_layers": student_args.student_layers,
+        "student": student_args.student_name_or_path,
+        "student_layers": student.config.num_hidden_layers,
         "teacher_layers": teacher.config.num_hidden_layers,
         "kept_layers": kept_layers,
-        "init_from_teacher": student_args.init_from_teacher,
+        "init_from_teacher": student_args.init_from_teacher and not student_args.student_name_or_path,
         "layer_selection": student_args.layer_selection,
         "teacher_parameters": count_parameters(teacher),
         "student_parameters": student_parameters,

@@ -25,6 +25,8 @@ _BUILDERS = {
     "detoxify": lambda path, **kw: tiny_models.build_tiny_detoxify(path, **kw),
     "llama": lambda path, **kw: tiny_models.build_tiny_llama(path, **kw),  # grouped-query attention
     "regard": lambda path, **kw: tiny_models.build_tiny_regard(path, **kw),
+    # any head-pruning family: tiny_checkpoint("causal_lm", model_type="qwen3")
+    "causal_lm": lambda path, **kw: tiny_models.build_tiny_causal_lm(path, **kw),
 }
 
 

@@ -266,3 +266,63 @@ def build_tiny_regard(out_dir: str | Path, hidden_size: int = 32, layers: int = 
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+# ---- Tiny decoder-only checkpoints of every head-pruning family (additive section) ----
+#
+# Every family gets the same head budget so that one schedule fits them all: 3 blocks of 8 prunable units
+# (24 units: 5% x 3 removes 2, 2, 1). Grouped-query families have 16 query heads sharing 8 key/value heads
+# (2 query heads per KV head); multi-head families have 8 heads. Gemma sets head_dim (8) apart from
+# hidden_size / heads (2); Qwen2 has q/k/v biases; Qwen3 and Gemma 3 have per-head q/k norms; Phi-3 a fused
+# qkv_proj; GPT-NeoX its per-head interleaved query_key_value; OPT biases everywhere.
+
+TINY_CAUSAL_LM_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt_neox",
+                        "opt")
+
+
+def tiny_causal_lm_config(model_type: str, vocab_size: int, token_id: int = 0, layers: int = 3):
+    """The config of a tiny random `model_type` model (see the section comment for the head layout)."""
+    from transformers import AutoConfig
+
+    hidden, positions = 32, 128
+    ids = {"bos_token_id": token_id, "eos_token_id": token_id, "pad_token_id": token_id}
+    gqa = {"hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": layers, "num_attention_heads": 16,
+           "num_key_value_heads": 8, "head_dim": 4, "max_position_embeddings": positions, "tie_word_embeddings": False}
+    settings = {
+        "gpt2": {"n_embd": hidden, "n_layer": layers, "n_head": 8, "n_positions": positions},
+        "llama": gqa,
+        "mistral": {**gqa, "sliding_window": 8},
+        "qwen2": gqa,
+        "qwen3": gqa,
+        "gemma2": {**gqa, "head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 8, "tie_word_embeddings": True},
+        "gemma3_text": {**gqa, "head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 8,
+                        "tie_word_embeddings": True},
+        "phi3": {**gqa, "original_max_position_embeddings": positions},
+        "gpt_neox": {"hidden_size": hidden, "intermediate_size": 64, "num_hidden_layers": layers,
+                     "num_attention_heads": 8, "max_position_embeddings": positions, "rotary_pct": 0.5,
+                     "tie_word_embeddings": False},
+        "opt": {"hidden_size": hidden, "ffn_dim": 64, "num_hidden_layers": layers, "num_attention_heads": 8,
+                "word_embed_proj_dim": hidden, "max_position_embeddings": positions},
+    }
+    if model_type not in settings:
+        raise ValueError(f"no tiny builder for model type {model_type!r} (have: {', '.join(settings)})")
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, **ids, **settings[model_type])
+
+
+def build_tiny_causal_lm(out_dir: str | Path, model_type: str = "llama", layers: int = 3, seed: int = 0,
+                         vocab_padding: int = 0):
+    """A randomly initialised `model_type` causal LM with the tiny BPE tokenizer, saved to `out_dir`.
+
+    `vocab_padding` adds embedding rows no token uses (as Qwen2.5 pads its vocabulary to a round number).
+    """
+    from transformers import AutoModelForCausalLM
+
+    tok = build_tokenizer(out_dir)
+    config = tiny_causal_lm_config(model_type, len(tok) + vocab_padding, tok.eos_token_id, layers)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # some families initialise norms or biases to constants; random values test more
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(out_dir)
+    return model, tok

@@ -19,6 +19,11 @@ class StudentArguments:
         default="gpt2", metadata={"help": "Teacher checkpoint: a hub name (gpt2) or a local folder."})
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer to use; default: the teacher's. It must equal the teacher's."})
+    student_name_or_path: str | None = field(
+        default=None, metadata={"help": "A pretrained student to distil into instead of building one from the "
+                                        "teacher (student_layers, init_from_teacher and layer_selection are then "
+                                        "unused); it must use the teacher's tokenizer (its embedding rows may differ "
+                                        "by padding)."})
     student_layers: int = field(default=6, metadata={"help": "Decoder blocks of the student."})
     init_from_teacher: bool = field(
         default=True, metadata={"help": "Copy embeddings, final norm, head and the selected teacher blocks; "

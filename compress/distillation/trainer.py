@@ -59,6 +59,21 @@ def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
     return ((1 - cosine) * valid).sum() / valid.sum().clamp(min=1)
 
 
+def shared_vocabulary_rows(student_weight: torch.Tensor, teacher_weight: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' LM-head weights over the vocabulary rows they share.
+
+    A teacher and a student with one tokenizer may still have embedding matrices of different sizes, padded
+    past the tokenizer to a round number (Qwen2.5: 151,936 rows in the small models, 152,064 in 7B and
+    up). No token maps to a padding row, so the loss compares the two over their common rows (every real
+    token is among them: `compress/distill.py` checks the tokenizer fits both) and ignores the rest.
+    """
+    if student_weight.shape[0] == teacher_weight.shape[0]:
+        return student_weight, teacher_weight
+    rows = min(student_weight.shape[0], teacher_weight.shape[0])
+    return student_weight[:rows], teacher_weight[:rows]
+
+
 def perplexity(loss: float) -> float:
     try:
         return math.exp(loss)
@@ -184,15 +199,16 @@ class DistillationTrainer(Trainer):
             with torch.no_grad(), self.accelerator.autocast():
                 teacher_hidden = _base_model(self.teacher).get_decoder()(**model_inputs)[0]
         kd_scale = args.temperature**2 / positions
+        weight, teacher_weight = shared_vocabulary_rows(weight, head_weight(self.teacher, "teacher"))
         with self.accelerator.autocast():
             if args.kd_loss_backend == "liger" and args.alpha_kd > 0:
                 loss, kd_mean, ce_mean = liger_distillation_loss(
-                    hidden, weight, teacher_hidden, head_weight(self.teacher, "teacher"), targets, args.temperature,
+                    hidden, weight, teacher_hidden, teacher_weight, targets, args.temperature,
                     args.alpha_kd, args.alpha_ce, args.kd_chunk_size)
                 parts = {"kd": kd_mean * args.temperature**2, "ce": ce_mean}
             else:
                 loss, kd_sum, ce_sum = fused_distillation_loss(
-                    hidden, weight, teacher_hidden if args.alpha_kd > 0 else None, head_weight(self.teacher, "teacher"),
+                    hidden, weight, teacher_hidden if args.alpha_kd > 0 else None, teacher_weight,
                     targets, valid, args.temperature, args.alpha_kd * kd_scale, args.alpha_ce / positions,
                     args.kd_chunk_size)
                 parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}

@@ -79,6 +79,25 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Config fields that hold one entry per decoder block: a student keeps its blocks' entries.
+PER_BLOCK_FIELDS = ("layer_types",)
+
+
+def student_config(teacher_config, kept: list[int]):
+    """The teacher's config for a stack of the teacher blocks `kept`.
+
+    Besides the block count, per-block fields follow the blocks: Qwen2/3, Mistral and Gemma 2/3 list each
+    block's attention type (`layer_types`: sliding-window or full), which the config requires to match
+    the count. Everything else (Gemma's norms, softcapping, tied embeddings, head_dim) is the teacher's.
+    """
+    config = copy.deepcopy(teacher_config)
+    values = {name: getattr(config, name) for name in PER_BLOCK_FIELDS if getattr(config, name, None) is not None}
+    for name, per_block in values.items():
+        object.__setattr__(config, name, [per_block[i] for i in kept])
+    config.num_hidden_layers = len(kept)
+    return config
+
+
 def build_student(teacher: PreTrainedModel, student_layers: int, init_from_teacher: bool = True,
                   layer_selection: str | list[int] = "uniform") -> tuple[PreTrainedModel, list[int] | None]:
     """A student with `student_layers` blocks and the kept teacher block indices (None for random init).
@@ -90,8 +109,7 @@ def build_student(teacher: PreTrainedModel, student_layers: int, init_from_teach
     """
     teacher_layers = teacher.config.num_hidden_layers
     kept = select_layers(teacher_layers, student_layers, layer_selection)  # validates depth even for random init
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = student_layers
+    config = student_config(teacher.config, kept)
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if not init_from_teacher:
         return student, None

@@ -14,17 +14,23 @@ from transformers import TrainingArguments
 @dataclass
 class PruningConfig(TrainingArguments):
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "GPT-2-architecture model to prune (hub id or local folder)."})
+        default=None, metadata={"help": "Causal LM to prune (hub id or local folder) of a family in "
+                                        "compress.models.attention.LAYOUTS: gpt2, llama, mistral, qwen2, qwen3, "
+                                        "gemma2, gemma3_text, phi3, gpt_neox, opt."})
+    unit: str = field(
+        default="kv_group", metadata={"help": "What one pruning step removes: kv_group (a KV head and the query heads "
+                                              "sharing it; a query head without GQA) or query_head (query heads one by "
+                                              "one; with GQA only the portable form can be saved)."})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager, sdpa or flash_attention_2; default: the library's choice."})
     num_samples: int = field(
         default=2560, metadata={"help": "Training blocks (of block_size tokens) sampled with `seed` to estimate "
                                         "head importance; smaller subsets are prefixes of larger ones."})
     prune_fraction: float = field(
-        default=0.05, metadata={"help": "Share of the remaining heads masked per iteration, in (0, 1)."})
+        default=0.05, metadata={"help": "Share of the remaining units masked per iteration, in (0, 1)."})
     iterations: int | None = field(default=3, metadata={"help": "Stop after this many iterations."})
     target_heads: int | None = field(
-        default=None, metadata={"help": "Stop once this many heads are left (never prunes below it)."})
+        default=None, metadata={"help": "Stop once this many units are left (never prunes below it)."})
     max_perplexity: float | None = field(
         default=None, metadata={"help": "Stop, undoing the last iteration, when validation perplexity exceeds this."})
     normalize_importance: bool = field(
@@ -39,8 +45,9 @@ class PruningConfig(TrainingArguments):
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["c_attn", "c_proj", "c_fc"], metadata={"help": "Modules that get LoRA adapters."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules that get LoRA adapters; default: c_attn, c_proj, c_fc for GPT-2, "
+                                        "every linear layer (peft's all-linear) for the other families."})
 
     def __post_init__(self):
         if self.model_name_or_path is None:
@@ -49,6 +56,8 @@ class PruningConfig(TrainingArguments):
             raise ValueError("output_dir is required")
         if not 0 < self.prune_fraction < 1:
             raise ValueError(f"prune_fraction must be in (0, 1), got {self.prune_fraction}")
+        if self.unit not in ("kv_group", "query_head"):
+            raise ValueError(f"unit must be kv_group or query_head, got {self.unit!r}")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
         if self.iterations is None and self.target_heads is None and self.max_perplexity is None:
@@ -66,4 +75,4 @@ class PruningConfig(TrainingArguments):
         return {"model_name_or_path": self.model_name_or_path, "num_samples": self.num_samples,
                 "prune_fraction": self.prune_fraction, "target_heads": self.target_heads,
                 "max_perplexity": self.max_perplexity, "normalize_importance": self.normalize_importance,
-                "seed": self.seed}
+                "seed": self.seed, "unit": self.unit}

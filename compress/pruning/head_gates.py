@@ -1,11 +1,12 @@
 """Head gates and head importance (Michel et al., 2019, "Are Sixteen Heads Really Better than One?").
 
 transformers 5 dropped `head_mask`, so the gates live on the model's modules: a forward pre-hook
-on each block's `attn.c_proj` multiplies every head's slice of the projection's input (the
-concatenated head outputs) by that head's gate. The hook sees the same tensor whatever attention
-implementation (eager, SDPA, flash) produced it.
+on each block's attention output projection (`compress.models.attention` knows which module that is in
+every supported family) multiplies every head's slice of the projection's input (the concatenated head
+outputs) by that head's gate. The hook sees the same tensor whatever attention implementation (eager,
+SDPA, flash) produced it. A gate belongs to a unit, a query head or a KV group (see `attention.py`).
 
-Importance of head h is Michel et al.'s E_x |dL(x)/d gate_h|: for every sequence x, the gradient of
+Importance of unit h is Michel et al.'s E_x |dL(x)/d gate_h|: for every sequence x, the gradient of
 its summed next-token loss with respect to the gate, in absolute value, summed over sequences and
 divided by the number of predicted tokens (a mean over tokens); then, optionally, L2-normalised
 within each layer. The importance pass gives each sequence of a batch its own copy of the gates, so
@@ -22,54 +23,77 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-SUPPORTED_MODEL_TYPES = ("gpt2",)  # GPT-2, DistilGPT2 and DialoGPT all have model_type "gpt2"
+from compress.models.attention import (
+    UnsupportedAttention,
+    attention_modules,
+    check_unit,
+    head_shape,
+    layout_of,
+    output_projections,
+)
 
 
-def check_supported(config) -> None:
-    """One-line error for architectures the gates (and the physical pruning) do not know."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise SystemExit(f"error: head pruning of model type {model_type!r} is not supported yet "
-                         "(supported: GPT-2-architecture models such as gpt2, distilgpt2, DialoGPT)")
+def check_supported(config, unit: str | None = None) -> None:
+    """One-line error (SystemExit) for architectures, or units, the gates and the physical pruning do not know."""
+    try:
+        layout_of(config)
+        if unit is not None:
+            check_unit(config, unit)
+    except UnsupportedAttention as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def attention_blocks(model) -> list:
-    """The attention modules of a GPT-2 LM head model (or of its bare `GPT2Model`), in layer order."""
-    base = getattr(model, "transformer", model)
-    return [block.attn for block in base.h]
+    """The attention modules of a supported causal LM, in layer order."""
+    return attention_modules(model)
 
 
 class HeadGates:
-    """A (layers, heads) gate tensor applied to each head's output before `attn.c_proj`.
+    """A (layers, units) gate tensor applied to each head's output before the attention output projection.
 
-    `gates.values` starts at ones; set an entry to 0 to mask that head. While `per_sequence` holds a
-    (batch, layers, heads) tensor, the hooks use it instead: one set of gates for each sequence of
-    the batch. Remove the hooks with `remove()` (or use the object as a context manager).
+    A unit is a query head (`unit="query_head"`) or a KV group (`"kv_group"`, the default: every query head
+    sharing one KV head gets the group's gate; without GQA the two are the same). `gates.values` starts at
+    ones; set an entry to 0 to mask that unit. While `per_sequence` holds a (batch, layers, units) tensor,
+    the hooks use it instead: one set of gates for each sequence of the batch. Remove the hooks with
+    `remove()` (or use the object as a context manager).
     """
 
-    def __init__(self, model):
-        config = model.config
-        self.num_layers, self.num_heads = config.n_layer, config.n_head
-        self.head_dim = config.n_embd // config.n_head
+    def __init__(self, model, unit: str = "kv_group"):
+        check_supported(model.config, unit)
+        self.unit = unit
+        self.shape = head_shape(model.config)
+        self.num_layers = self.shape.num_layers
+        self.num_heads = self.shape.num_heads  # query heads
+        self.num_units = self.shape.units_per_layer(unit)
+        self.head_dim = self.shape.head_dim
+        # query heads per unit: the gate of unit u covers query heads [u * repeat, (u + 1) * repeat)
+        self.repeat = self.num_heads // self.num_units
         weight = next(model.parameters())
         # At least float32, so importance sums do not lose precision under half-precision weights.
         dtype = torch.promote_types(weight.dtype, torch.float32)
-        self.values = torch.ones(self.num_layers, self.num_heads, device=weight.device, dtype=dtype)
+        self.values = torch.ones(self.num_layers, self.num_units, device=weight.device, dtype=dtype)
         self.per_sequence: torch.Tensor | None = None
-        self._handles = [attn.c_proj.register_forward_pre_hook(self._hook(layer))
-                         for layer, attn in enumerate(attention_blocks(model))]
+        self._handles = [projection.register_forward_pre_hook(self._hook(layer))
+                         for layer, projection in enumerate(output_projections(model))]
 
     def _hook(self, layer: int) -> Callable:
         def gate(module, args):
             heads = args[0]  # (batch, positions, num_heads * head_dim), heads side by side
             if self.per_sequence is None:
-                g = self.values[layer]  # (heads,)
+                g = self.values[layer]  # (units,)
             else:
-                g = self.per_sequence[:, layer, None, :]  # (batch, 1, heads): the same at every position
+                g = self.per_sequence[:, layer, None, :]  # (batch, 1, units): the same at every position
             g = g.to(device=heads.device, dtype=heads.dtype)
+            if self.repeat > 1:
+                g = g.repeat_interleave(self.repeat, dim=-1)  # unit gate -> each of its query heads
             shaped = heads.view(*heads.shape[:-1], self.num_heads, self.head_dim)
             return ((shaped * g[..., None]).view(heads.shape), *args[1:])
         return gate
+
+    def query_head_mask(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(layers, query heads) 0/1 mask of the query heads still in play, from a unit mask (default: ours)."""
+        mask = self.mask if mask is None else mask
+        return mask.repeat_interleave(self.repeat, dim=-1)
 
     @property
     def mask(self) -> torch.Tensor:

@@ -1,24 +1,36 @@
 """Which heads to prune each iteration, and removing them for real.
 
 Selection follows Michel et al. (2019): each iteration masks the ceil(fraction x remaining) least
-important heads, never a layer's last head (a layer with no head would need a different block).
-Removal slices the pruned heads' query/key/value columns out of `attn.c_attn` and their rows out
-of `attn.c_proj`: the compact model (`compact_gpt2.CompactGPT2LMHeadModel`) computes exactly what
-the masked model computes, with fewer weights. The portable form scatters the kept weights back
-into a plain GPT-2 whose pruned heads are zeros, so that anything that reads GPT-2 reads it.
+important units (query heads or KV groups, `compress.models.attention`), never a layer's last one (a
+layer with no head would need a different block). Removal slices the pruned heads' rows and columns
+out of the attention projections, as `attention.head_slices` lists them for the family: the compact
+model (`compact_gpt2` for GPT-2, `compact_models` for the others) computes exactly what the masked
+model computes, with fewer weights. The portable form scatters the kept weights back into the stock
+architecture whose pruned heads are zeros, so that anything that reads the stock model reads it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from compress.models.attention import (
+    compact_possible,
+    head_shape,
+    head_slices,
+    kept_kv_heads,
+    layout_of,
+    zero_pruned_heads,
+)
+from compress.models.blocks import BLOCK_PATHS
 from compress.models.compact_gpt2 import CompactGPT2Config, CompactGPT2LMHeadModel
-from compress.pruning.head_gates import attention_blocks
+from compress.models.compact_models import COMPACT_CLASSES
 
 
 def heads_to_prune(remaining: int, fraction: float, target_heads: int | None = None) -> int:
@@ -53,46 +65,74 @@ def select_heads_to_prune(importance: torch.Tensor, mask: torch.Tensor, count: i
 
 
 def kept_heads(mask: torch.Tensor) -> list[list[int]]:
+    """Indices of the nonzero entries of each row (units, or query heads, still in play per layer)."""
     return [torch.nonzero(row, as_tuple=False).flatten().tolist() for row in mask.detach().cpu()]
 
 
-def _head_columns(heads: list[int], head_dim: int, device) -> torch.Tensor:
-    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads]).to(device)
+def kept_query_heads(config, mask: torch.Tensor, unit: str = "kv_group") -> list[list[int]]:
+    """The query heads a (layers, units) mask keeps, per layer."""
+    shape = head_shape(config)
+    return [[h for u in units for h in shape.query_heads_of_unit(unit, u)] for units in kept_heads(mask)]
 
 
-def _qkv_columns(heads: list[int], head_dim: int, width: int, device) -> torch.Tensor:
-    per_part = _head_columns(heads, head_dim, device)
-    return torch.cat([per_part + part * width for part in range(3)])  # c_attn holds [q | k | v]
+_FORM_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "kept_heads", "kept_kv_heads")
 
 
-def compact_from_masked(model: GPT2LMHeadModel, mask: torch.Tensor) -> CompactGPT2LMHeadModel:
-    """A `CompactGPT2LMHeadModel` holding only the heads `mask` keeps (the model itself is not changed)."""
-    keep = kept_heads(mask)
-    config_dict = model.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "transformers_version"):
-        config_dict.pop(key, None)
-    config = CompactGPT2Config(kept_heads=keep, **config_dict)
-    config.architectures = [CompactGPT2LMHeadModel.__name__]
-    config._attn_implementation = model.config._attn_implementation
-    head_dim = config.n_embd // config.n_head
-    state = dict(model.state_dict())
-    for layer, heads in enumerate(keep):
-        if len(heads) == config.n_head:
-            continue
-        prefix = f"transformer.h.{layer}.attn."
-        device = state[prefix + "c_attn.weight"].device
-        qkv = _qkv_columns(heads, head_dim, config.n_embd, device)
-        rows = _head_columns(heads, head_dim, device)
-        state[prefix + "c_attn.weight"] = state[prefix + "c_attn.weight"][:, qkv]  # Conv1D weight: (in, out)
-        state[prefix + "c_attn.bias"] = state[prefix + "c_attn.bias"][qkv]
-        state[prefix + "c_proj.weight"] = state[prefix + "c_proj.weight"][rows, :]
+def _config_fields(config) -> dict:
+    fields = config.to_dict()
+    for key in _FORM_KEYS:
+        fields.pop(key, None)
+    return fields
+
+
+def _compact_classes(model_type: str):
+    if model_type == "gpt2":
+        return CompactGPT2Config, CompactGPT2LMHeadModel
+    return COMPACT_CLASSES[model_type]
+
+
+def _attention_prefix(config, layer: int) -> str:
+    return f"{BLOCK_PATHS[config.model_type]}.{layer}.{layout_of(config).attention}."
+
+
+def _rebuilt(model_class, config, state: dict, source):
     with torch.device("meta"):
-        compact = CompactGPT2LMHeadModel(config)
-    compact.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
-    compact.tie_weights()
-    _materialize_buffers(compact, model)
-    compact.generation_config = model.generation_config
-    return compact.train(model.training)
+        rebuilt = model_class(config)
+    rebuilt.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True, strict=True)
+    rebuilt.tie_weights()
+    _materialize_buffers(rebuilt, source)
+    rebuilt.generation_config = source.generation_config
+    return rebuilt.train(source.training)
+
+
+def compact_from_masked(model, mask: torch.Tensor, unit: str = "kv_group"):
+    """The compact form holding only the units `mask` (layers, units) keeps; the model itself is not changed.
+
+    GPT-2 becomes a `CompactGPT2LMHeadModel`, every other family its `compact_models` class. Query heads
+    pruned inside a KV group (`unit="query_head"` on a GQA model) cannot be sliced out: a one-line error.
+    """
+    config = model.config
+    if not compact_possible(config, unit):
+        raise ValueError(f"{config.model_type}: query heads pruned inside KV groups have no compact form (the "
+                         "stock attention code has one query-to-KV ratio for every layer); save the portable form")
+    keep = kept_query_heads(config, mask, unit)
+    keep_kv = [kept_kv_heads(config, heads) for heads in keep]
+    config_class, model_class = _compact_classes(config.model_type)
+    extra = {} if config.model_type == "gpt2" else {"kept_kv_heads": keep_kv}
+    compact_config = config_class(kept_heads=keep, **extra, **_config_fields(config))
+    compact_config.architectures = [model_class.__name__]
+    compact_config._attn_implementation = config._attn_implementation
+    shape = head_shape(config)
+    state = dict(model.state_dict())
+    for layer, (heads, kv) in enumerate(zip(keep, keep_kv)):
+        if len(heads) == shape.num_heads:
+            continue
+        prefix = _attention_prefix(config, layer)
+        for name, (dim, index) in head_slices(config, heads, kv).items():
+            if prefix + name in state:
+                tensor = state[prefix + name]
+                state[prefix + name] = tensor.index_select(dim, index.to(tensor.device))
+    return _rebuilt(model_class, compact_config, state, model)
 
 
 def _materialize_buffers(target, source) -> None:
@@ -105,46 +145,55 @@ def _materialize_buffers(target, source) -> None:
             module.register_buffer(attr, source_buffers[name].clone(), persistent=False)
 
 
-def portable_from_compact(compact: CompactGPT2LMHeadModel) -> GPT2LMHeadModel:
-    """A plain GPT-2 with the compact model's weights and zeros for every pruned head.
+def stock_model_type(config) -> str:
+    """The stock family of a compact config (`compact_llama` -> `llama`), or the model type itself."""
+    model_type = config.model_type
+    return model_type[len("compact_"):] if model_type.startswith("compact_") else model_type
 
-    A pruned head's query, key and value weights and biases are zero and so are its rows of
-    `c_proj`: its contribution to the residual stream is exactly zero.
+
+def portable_from_compact(compact):
+    """The stock architecture with the compact model's weights and zeros for every pruned head.
+
+    A pruned head's query, key and value weights and biases are zero (a KV head once no kept query head
+    reads it) and so are its columns of the output projection: its contribution is exactly zero.
     """
-    config_dict = compact.config.to_dict()
-    for key in ("model_type", "architectures", "auto_map", "kept_heads", "transformers_version"):
-        config_dict.pop(key, None)
-    config = GPT2Config(**config_dict)
-    config.architectures = [GPT2LMHeadModel.__name__]
+    family = stock_model_type(compact.config)
+    config = AutoConfig.for_model(family, **_config_fields(compact.config))
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    config.architectures = [model_class.__name__]
     config._attn_implementation = compact.config._attn_implementation
-    head_dim = config.n_embd // config.n_head
-    state = dict(compact.state_dict())
-    for layer, heads in enumerate(compact.config.kept_heads):
-        if len(heads) == config.n_head:
-            continue
-        prefix = f"transformer.h.{layer}.attn."
-        weight, bias, proj = (state[prefix + name] for name in ("c_attn.weight", "c_attn.bias", "c_proj.weight"))
-        qkv = _qkv_columns(heads, head_dim, config.n_embd, weight.device)
-        rows = _head_columns(heads, head_dim, weight.device)
-        full_weight = weight.new_zeros(config.n_embd, 3 * config.n_embd)
-        full_weight[:, qkv] = weight
-        full_bias = bias.new_zeros(3 * config.n_embd)
-        full_bias[qkv] = bias
-        full_proj = proj.new_zeros(config.n_embd, config.n_embd)
-        full_proj[rows, :] = proj
-        state.update({prefix + "c_attn.weight": full_weight, prefix + "c_attn.bias": full_bias,
-                      prefix + "c_proj.weight": full_proj})
     with torch.device("meta"):
-        portable = GPT2LMHeadModel(config)
-    portable.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True)
-    portable.tie_weights()
-    _materialize_buffers(portable, compact)
-    portable.generation_config = compact.generation_config
-    return portable.train(compact.training)
+        full_shapes = {k: v.shape for k, v in model_class(config).state_dict().items()}
+    shape = head_shape(config)
+    state = dict(compact.state_dict())
+    kept_kv = getattr(compact.config, "kept_kv_heads", None) or compact.config.kept_heads
+    for layer, (heads, kv) in enumerate(zip(compact.config.kept_heads, kept_kv)):
+        if len(heads) == shape.num_heads:
+            continue
+        prefix = _attention_prefix(config, layer)
+        for name, (dim, index) in head_slices(config, heads, kv).items():
+            if prefix + name not in state:
+                continue
+            tensor = state[prefix + name]
+            full = tensor.new_zeros(full_shapes[prefix + name])
+            state[prefix + name] = full.index_copy_(dim, index.to(tensor.device), tensor)
+    return _rebuilt(model_class, config, state, compact)
+
+
+def portable_from_masked(model, mask: torch.Tensor, unit: str = "kv_group"):
+    """A copy of the stock model whose pruned units' weights are zero (works for every unit)."""
+    portable = copy.deepcopy(model)
+    zero_pruned_heads(portable, kept_query_heads(model.config, mask, unit))
+    return portable
 
 
 def heads_per_layer(model) -> list[int]:
-    return [attn.num_heads for attn in attention_blocks(model)]
+    """Query heads each layer computes (compact models: the kept ones; stock models: all, zeros included)."""
+    config = model.config
+    if hasattr(config, "kept_heads"):
+        return [len(heads) for heads in config.kept_heads]
+    shape = head_shape(config)
+    return [shape.num_heads] * shape.num_layers
 
 
 def forward_flops(model, input_ids: torch.Tensor) -> int:

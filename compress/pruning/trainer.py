@@ -7,9 +7,15 @@ logging; importance and perplexity are summed over every process's shard. One it
 2. mask the ceil(prune_fraction x remaining) least important heads, never a layer's last head;
 3. validation perplexity.
 
+The unit is a setting (`unit`: `kv_group`, the default, or `query_head`; see `compress.models.attention`):
+importance, the schedule ("5% of the remaining units") and the stop options count units, while
+pruning.json's `heads_per_iteration` and `pruned_heads_per_iteration` count query heads, as they always did,
+beside the units and the KV heads left.
+
 Then the masked heads are sliced out for real (`compact_from_masked`), optionally followed by
-LoRA recovery fine-tuning merged back into the weights, and the model is saved twice: a plain GPT-2
-whose pruned heads are zeros (output_dir) and the compact form (output_dir/compact). `pruning.json`
+LoRA recovery fine-tuning merged back into the weights, and the model is saved twice: the stock architecture
+whose pruned heads are zeros (output_dir) and the compact form (output_dir/compact). Query heads pruned
+inside KV groups have no compact form; then only the portable form is saved. `pruning.json`
 records every iteration. Progress is saved after each iteration, so an interrupted run resumes.
 """
 
@@ -30,6 +36,7 @@ from transformers import Trainer, default_data_collator
 from transformers.trainer_utils import get_last_checkpoint
 
 from compress.common.atomic_files import write_json_atomically
+from compress.models.attention import compact_possible, head_shape, kept_kv_heads
 from compress.models.students import count_parameters
 from compress.pruning.config import PruningConfig
 from compress.pruning.head_gates import (
@@ -43,9 +50,11 @@ from compress.pruning.head_pruning import (
     compact_from_masked,
     forward_flops,
     forward_seconds,
+    heads_per_layer,
     heads_to_prune,
-    kept_heads,
+    kept_query_heads,
     portable_from_compact,
+    portable_from_masked,
     select_heads_to_prune,
 )
 
@@ -57,7 +66,7 @@ COMPACT_SUBDIR = "compact"
 
 
 class HeadPruningTrainer(Trainer):
-    """Prunes a GPT-2-architecture model's attention heads; see the module docstring.
+    """Prunes a causal LM's attention heads (any family of `compress.models.attention`); see the module docstring.
 
     `importance_dataset` holds the blocks importance is estimated on, `eval_dataset` the blocks
     perplexity is measured on, `train_dataset` (optional) the blocks LoRA recovery trains on.
@@ -66,14 +75,19 @@ class HeadPruningTrainer(Trainer):
 
     def __init__(self, model, args: PruningConfig, importance_dataset, eval_dataset, train_dataset=None,
                  processing_class=None, data_collator=None, data_description: dict | None = None, **kwargs):
-        check_supported(model.config)
+        check_supported(model.config, args.unit)
+        self.compact = compact_possible(model.config, args.unit)
+        if args.lora_recovery and not self.compact:
+            raise SystemExit(f"error: lora_recovery needs the compact form, which unit {args.unit!r} on "
+                             f"{model.config.model_type} does not have (use unit kv_group)")
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator or default_data_collator,
                          **kwargs)
         self.importance_dataset = importance_dataset
         self.data_description = dict(data_description or {})
-        self.gates = HeadGates(self.model)
-        self.compact_model = None
+        self.gates = HeadGates(self.model, args.unit)
+        self.shape = head_shape(self.model.config)
+        self.compact_model = None  # the pruned model once the heads are gone: compact, or portable without one
         self.importance_tokens = 0  # predicted tokens in the importance blocks, over all processes
         self.record: dict = {}
 
@@ -127,9 +141,10 @@ class HeadPruningTrainer(Trainer):
         return perplexity
 
     def heads_left(self) -> int:
-        if self.compact_model is not None:
-            return sum(self.compact_model.config.heads_per_layer)
-        return int(self.gates.mask.sum())
+        """Query heads still computing."""
+        if self.compact_model is not None and self.compact:
+            return sum(heads_per_layer(self.compact_model))
+        return int(self.gates.query_head_mask().sum())
 
     # ---- the loop ----
 
@@ -138,9 +153,9 @@ class HeadPruningTrainer(Trainer):
         if args.iterations is not None and done >= args.iterations:
             return f"iterations: {done} done"
         if args.target_heads is not None and remaining <= args.target_heads:
-            return f"target_heads: {remaining} heads left"
+            return f"target_heads: {remaining} units left"
         if bool((self.gates.mask.sum(dim=1) <= 1).all()):
-            return "every layer is down to one head"
+            return "every layer is down to one unit"
         return None
 
     def _start_record(self) -> None:
@@ -149,20 +164,32 @@ class HeadPruningTrainer(Trainer):
         self.record = {
             "model_name_or_path": self.args.model_name_or_path,
             "model_type": config.model_type,
-            "num_layers": config.n_layer,
-            "num_heads": config.n_head,
+            "num_layers": self.shape.num_layers,
+            "num_heads": self.shape.num_heads,
+            "num_kv_heads": self.shape.num_kv_heads,
+            "head_dim": self.shape.head_dim,
+            "unit": self.args.unit,
+            "units_per_layer": self.gates.num_units,
             "prune_fraction": self.args.prune_fraction,
             "normalize_importance": self.args.normalize_importance,
             "num_samples": len(self.importance_dataset),
             "data_subset": {**self.data_description, "num_samples_requested": self.args.num_samples,
                             "num_samples": len(self.importance_dataset)},
-            "heads_per_iteration": [int(mask.sum())],
-            "heads_per_layer_per_iteration": [[int(n) for n in mask.sum(dim=1).tolist()]],
-            "kept_heads_per_iteration": [kept_heads(mask)],
+            **self._counts(mask),
+            "kept_heads_per_iteration": [kept_query_heads(config, mask, self.args.unit)],
             "pruned_heads_per_iteration": [[]],
+            "pruned_units_per_iteration": [[]],
             "importance_per_iteration": [None],
             "perplexity_per_iteration": [self.perplexity()],
         }
+
+    def _counts(self, mask) -> dict:
+        """The first entries of the per-iteration counts for `mask` (units, query heads, KV heads)."""
+        keep = kept_query_heads(self.model.config, mask, self.args.unit)
+        return {"heads_per_iteration": [sum(len(h) for h in keep)],
+                "heads_per_layer_per_iteration": [[len(h) for h in keep]],
+                "kv_heads_per_iteration": [sum(len(kept_kv_heads(self.model.config, h)) for h in keep)],
+                "units_per_iteration": [int(mask.sum())]}
 
     def _fingerprint(self) -> dict:
         return {**self.args.fingerprint(), "data": self.data_description}
@@ -218,7 +245,7 @@ class HeadPruningTrainer(Trainer):
                 stop = f"max_perplexity: iteration {done + 1} reached {perplexity:.3f} and was undone"
                 break
             self._append_iteration(mask, chosen, importance, perplexity)
-            logger.info("iteration %d: %d heads left, perplexity %.3f", done + 1, int(mask.sum()), perplexity)
+            logger.info("iteration %d: %d units left, perplexity %.3f", done + 1, int(mask.sum()), perplexity)
         self.record["stop_reason"] = stop
         self._save_progress()
         self._make_compact()
@@ -227,10 +254,12 @@ class HeadPruningTrainer(Trainer):
     def _append_iteration(self, mask, chosen, importance, perplexity) -> None:
         record = self.record
         record["data_subset"]["importance_tokens"] = self.importance_tokens
-        record["heads_per_iteration"].append(int(mask.sum()))
-        record["heads_per_layer_per_iteration"].append([int(n) for n in mask.sum(dim=1).tolist()])
-        record["kept_heads_per_iteration"].append(kept_heads(mask))
-        record["pruned_heads_per_iteration"].append([list(h) for h in chosen])
+        for key, values in self._counts(mask).items():
+            record[key].extend(values)
+        record["kept_heads_per_iteration"].append(kept_query_heads(self.model.config, mask, self.args.unit))
+        record["pruned_heads_per_iteration"].append(
+            [[layer, head] for layer, unit in chosen for head in self.shape.query_heads_of_unit(self.args.unit, unit)])
+        record["pruned_units_per_iteration"].append([list(u) for u in chosen])
         record["importance_per_iteration"].append(importance.cpu().tolist())
         record["perplexity_per_iteration"].append(perplexity)
         self._save_progress()
@@ -240,9 +269,13 @@ class HeadPruningTrainer(Trainer):
         full = self.model
         mask = self.gates.mask
         self.gates.remove()  # the full model below runs unpruned: the baseline
-        compact = compact_from_masked(full, mask).to(self.args.device)
+        if self.compact:
+            compact = compact_from_masked(full, mask, self.args.unit).to(self.args.device)
+        else:  # query heads inside KV groups: the zero-filled stock model is the only form
+            compact = portable_from_masked(full, mask, self.args.unit).to(self.args.device)
         self.record["parameter_count"] = {"unpruned": count_parameters(full), "pruned": count_parameters(compact)}
-        self.record["speedup"] = self._speedup(full, compact) if self.args.measure_speedup else None
+        self.record["speedup"] = (self._speedup(full, compact) if self.args.measure_speedup and self.compact
+                                  else None)
         self.model = self.model_wrapped = self.compact_model = compact
         del full
 
@@ -266,8 +299,10 @@ class HeadPruningTrainer(Trainer):
         if self.train_dataset is None:
             raise SystemExit("error: lora_recovery needs training data (train_dataset)")
         args = self.args
+        gpt2 = self.model.config.model_type in ("gpt2", "compact_gpt2")
+        targets = args.lora_target_modules or (["c_attn", "c_proj", "c_fc"] if gpt2 else "all-linear")
         lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                          target_modules=list(args.lora_target_modules), fan_in_fan_out=True,  # GPT-2's Conv1D
+                          target_modules=targets, fan_in_fan_out=gpt2,  # GPT-2's Conv1D stores (in, out)
                           task_type="CAUSAL_LM")
         peft_model = get_peft_model(self.model, lora)
         recovery_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "lora_recovery"))
@@ -279,7 +314,7 @@ class HeadPruningTrainer(Trainer):
         self.model = self.model_wrapped = self.compact_model = merged.to(args.device)
         perplexity = self.perplexity()
         self.record["lora_recovery"] = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
-                                        "target_modules": list(args.lora_target_modules),
+                                        "target_modules": targets if isinstance(targets, str) else list(targets),
                                         "steps": recovery.state.global_step}
         self.record["perplexity_after_recovery"] = perplexity
         return perplexity
@@ -287,7 +322,7 @@ class HeadPruningTrainer(Trainer):
     # ---- saving ----
 
     def save_pruned(self, output_dir: str | None = None) -> None:
-        """Portable GPT-2 in output_dir, compact form in output_dir/compact, then pruning.json (last)."""
+        """Portable form in output_dir, compact form in output_dir/compact, then pruning.json (last)."""
         self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
@@ -295,13 +330,16 @@ class HeadPruningTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         compact = self.accelerator.unwrap_model(self.compact_model).to("cpu")
         forms = {"portable": "."}
-        self._save_folder(portable_from_compact(compact), output_dir, output_dir / ".portable.tmp")
-        if self.args.save_compact:
+        portable = portable_from_compact(compact) if self.compact else compact
+        self._save_folder(portable, output_dir, output_dir / ".portable.tmp")
+        if self.args.save_compact and self.compact:
             self._save_folder(compact, output_dir / COMPACT_SUBDIR, output_dir / ".compact.tmp")
             forms["compact"] = COMPACT_SUBDIR
         self.compact_model = compact.to(self.args.device)
         self.record["saved_forms"] = forms
-        self.record["heads_per_layer"] = compact.config.heads_per_layer
+        final = self.record["kept_heads_per_iteration"][-1]
+        self.record["heads_per_layer"] = [len(heads) for heads in final]
+        self.record["kv_heads_per_layer"] = [len({self.shape.kv_head_of(h) for h in heads}) for heads in final]
         write_json_atomically(output_dir / RECORD_FILE, self.record)
         (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
 
