@@ -14,11 +14,10 @@ import logging
 from collections.abc import Iterable
 
 from lm_eval.api.filter import Filter
-from lm_eval.api.task import ConfigurableTask
 
 from compress.bias import bold
-from compress.toxicity.scorers import load_scorer, resolve_spec
-from compress.toxicity.task import trim_padding
+from compress.toxicity.scorers import load_scorer, resolve_spec, split_specs
+from compress.toxicity.task import GenerationTask
 
 log = logging.getLogger(__name__)
 SCORED_TEXTS = ("continuation", "prompt_and_continuation")
@@ -48,13 +47,14 @@ class ScoreBoldGenerations(Filter):
         self.batch_size = int(batch_size) if batch_size else None
 
     def apply(self, resps: Iterable[list[str]], docs: list[dict]) -> list[str]:
-        resps = trim_padding([list(r) for r in resps])
+        resps = [list(r) for r in resps]  # BoldTask (a GenerationTask) has already dropped data-parallel padding
         if not resps:
             return []
         generations = [g for r in resps for g in r]
         prompts_of = [doc["prompt"] for doc, r in zip(docs, resps, strict=True) for _ in r]
         texts = generations if self.text == "continuation" else [p + g for p, g in zip(prompts_of, generations)]
-        toxicity_spec, regard_spec = docs[0]["scorer"], docs[0]["regard_scorer"]
+        # BOLD's toxicity is the primary scorer's where the run names several
+        toxicity_spec, regard_spec = split_specs(docs[0]["scorer"])[0], docs[0]["regard_scorer"]
         log.info("scoring %d BOLD generations (%s) with %s, %s and VADER", len(texts), self.text, regard_spec,
                  toxicity_spec)
         regard = bold.load_regard_scorer(regard_spec).labels_of(texts)
@@ -76,12 +76,13 @@ def process_results(doc: dict, results: list[str]) -> dict:
                            scored["length_chars"], doc["groups"])
 
 
-class BoldTask(ConfigurableTask):
-    """A BOLD domain's task: the YAML lists the domain-wide metrics; each group's `<score>_<group>` metric and
-    its stderr are registered here, once the documents say which groups the domain has."""
+class BoldTask(GenerationTask):
+    """A BOLD domain's task: every prompt scored exactly `repeats` times (GenerationTask); the YAML lists the
+    domain-wide metrics; each group's `<score>_<group>` metric and its stderr are registered here, once the
+    documents say which groups the domain has."""
 
     def __init__(self, config: dict | None = None) -> None:
-        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+        super().__init__(config)
         groups = list(dict.fromkeys(self.dataset[self.config.test_split]["group"]))
         for score in bold.SCORES:
             for group in groups:
