@@ -58,6 +58,11 @@ def test_demo_report_has_a_row_for_every_model_it_built(demo):
         assert f"stage {study.STAGES.index(stage) + 1} of {len(study.STAGES)}: {stage}" in log
     summary = (runs / "report" / "summary.md").read_text()
     assert "## What is significant" in summary and "**A** vs **teacher**" in summary
+    # the report sections of the evaluation beyond the paper (two scorers: the demo's second Detoxify seed)
+    for section in ("## Item-level flips", "## Toxicity scorer robustness", "## Length control",
+                    "### compfair_crows_pairs", "### compfair_bold_gender"):
+        assert section in summary, section
+    assert "detoxify_scorer_tiny_detoxify" in summary and "detoxify_scorer_b_tiny_detoxify" in summary
     for plot in ("toxicity.png", "bias_counts.png", "perplexity.png", "perplexity_vs_metrics.png",
                  "generation_length.png"):
         assert (runs / "report" / "plots" / plot).stat().st_size > 5000

@@ -285,7 +285,7 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                          {"COMPFAIR_DATA_DIR": str(data_dir)})]
     return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
                 "dtype=float32", prompts, in_process=not args.subprocess,
-                env={"COMPFAIR_SCORER": f"detoxify:{scorer}",
+                env={"COMPFAIR_SCORER": f"detoxify:{scorer},detoxify:{runs / 'scorer_b' / 'tiny-detoxify.ckpt'}",
                      "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1",
                      "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                      **DEMO_THREADS})
@@ -433,6 +433,10 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
         log("teacher: building the tiny Detoxify-format scorer")
         # Built in place: the checkpoint names its own folder as the model type, so it cannot move.
         tiny_models.build_tiny_detoxify(scorer.parent.resolve())
+    second = plan.runs / "scorer_b" / "tiny-detoxify.ckpt"
+    if not second.is_file():  # a second scorer (another seed), so the report can compare models' rankings
+        log("teacher: building a second tiny Detoxify-format scorer")
+        tiny_models.build_tiny_detoxify(second.parent.resolve(), seed=1)
     regard = plan.runs / "scorer" / "tiny-regard"
     if not (regard / "tokenizer_config.json").is_file():  # BOLD's regard classifier (written last: the tokenizer)
         tiny_models.build_tiny_regard(regard)
