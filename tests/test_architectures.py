@@ -381,7 +381,7 @@ def check_logliks_against(results, model, tokenizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["qwen2", "gpt_neox"])
+@pytest.mark.parametrize("model_type", TINY_CAUSAL_LM_TYPES)
 def test_pruned_models_evaluate_in_lm_eval_on_a_bias_task(pruned, family_dir, winobias_dir, model_type):
     from transformers import AutoTokenizer
 
