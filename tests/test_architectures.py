@@ -447,7 +447,7 @@ def _distil(teacher, text, out, **flags):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["gemma3_text", "phi3"])
+@pytest.mark.parametrize("model_type", TINY_CAUSAL_LM_TYPES)
 def test_distilled_students_evaluate_in_lm_eval_on_a_bias_task(family_dir, prune_text, winobias_dir, model_type,
                                                               tmp_path):
     from transformers import AutoTokenizer
@@ -460,8 +460,9 @@ def test_distilled_students_evaluate_in_lm_eval_on_a_bias_task(family_dir, prune
     teacher = _load(family_dir(model_type))
     blocks = HAND[model_type][0]
     # trained: a kept block moved away from the teacher block it started from
-    assert not torch.equal(student.get_submodule(blocks)[1].mlp.down_proj.weight,
-                           teacher.get_submodule(blocks)[2].mlp.down_proj.weight)
+    moved = [not torch.equal(a, b) for a, b in zip(student.get_submodule(blocks)[1].parameters(),
+                                                   teacher.get_submodule(blocks)[2].parameters(), strict=True)]
+    assert any(moved)
     results = evaluate_bias(tmp_path / "student", winobias_dir)
     check_logliks_against(results, student, AutoTokenizer.from_pretrained(tmp_path / "student"))
 

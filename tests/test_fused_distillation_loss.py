@@ -128,3 +128,29 @@ def test_different_vocabularies_are_refused():
     hidden, weight, teacher_hidden, _, targets, valid = _problem()
     with pytest.raises(ValueError, match="needs one vocabulary"):
         fused_distillation_loss(hidden, weight, teacher_hidden, torch.randn(51, 12), targets, valid, 2.0, 0.5, 0.5)
+
+
+def test_softcapped_logits_as_gemma2_caps_them():
+    """Gemma 2's final_logit_softcapping: both models' logits are c * tanh(raw / c); loss and gradients against
+    autograd through the capped full logits (a cap small enough that tanh bends: |raw| reaches about 3c)."""
+    hidden, weight, teacher_hidden, teacher_weight, targets, valid = _problem()
+    hidden_big = (hidden * 4).detach().requires_grad_()
+
+    def capped(h, w, c):
+        return c * torch.tanh((h @ w.T) / c)
+
+    keep = valid.reshape(-1)
+    student = capped(hidden_big, weight, 1.5).reshape(-1, 50)[keep]
+    teacher = capped(teacher_hidden * 4, teacher_weight, 2.5).reshape(-1, 50)[keep]
+    assert (hidden_big @ weight.T).abs().max() > 3 * 1.5  # the cap really bends the logits
+    ce = F.cross_entropy(student, targets.reshape(-1)[keep], reduction="sum")
+    kd = F.kl_div(F.log_softmax(student / 2.0, -1), F.softmax(teacher / 2.0, -1), reduction="sum")
+    expected = 0.3 * kd + 0.7 * ce
+    expected_grads = torch.autograd.grad(expected, (hidden_big, weight))
+    for chunk in (4, None):
+        loss, _, _ = fused_distillation_loss(hidden_big, weight, teacher_hidden * 4, teacher_weight, targets, valid,
+                                             2.0, 0.3, 0.7, chunk, student_softcap=1.5, teacher_softcap=2.5)
+        grads = torch.autograd.grad(loss, (hidden_big, weight))
+        assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-5)
+        for grad, reference in zip(grads, expected_grads, strict=True):
+            assert _relative_error(grad, reference) < 1e-5

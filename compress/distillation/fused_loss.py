@@ -2,8 +2,9 @@
 
     kd_weight * sum_i KL(softmax(t_i / T) || softmax(s_i / T)) + ce_weight * sum_i CE(s_i, y_i)
 
-with s_i = h_i W_s^T the student's logits and t_i = g_i W_t^T the teacher's, over the positions i that
-count. Neither model's logits exist for the whole batch: per chunk of positions both logit blocks are
+with s_i = h_i W_s^T the student's logits and t_i = g_i W_t^T the teacher's (each passed through
+c * tanh(. / c) where its config caps them, as Gemma 2's `final_logit_softcapping` does), over the positions i
+that count. Neither model's logits exist for the whole batch: per chunk of positions both logit blocks are
 computed, the softmaxes taken in fp32, the two terms summed, and the gradients with respect to the
 student's hidden states and head weight written during the forward (the fused linear + loss idea of
 Liger Kernel's `LigerFusedLinearJSD` and fused linear cross-entropy). Backward only scales them by the
@@ -80,7 +81,7 @@ class FusedLinearDistillationLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_weight, teacher_hidden, teacher_weight, targets, valid, temperature,
-                kd_weight, ce_weight, chunk_size):
+                kd_weight, ce_weight, chunk_size, student_softcap, teacher_softcap):
         device = student_hidden.device
         compute = _compute_dtype(device, student_hidden, student_weight)
         teacher_compute = None if teacher_hidden is None else _compute_dtype(device, teacher_hidden, teacher_weight)
@@ -101,20 +102,28 @@ class FusedLinearDistillationLoss(torch.autograd.Function):
                 rows = slice(start, start + chunk_size)
                 hidden = student_hidden[rows]
                 student_logits = (hidden.to(compute) @ weight.T).float()
+                squashed = None
+                if student_softcap:  # s = c tanh(raw / c); d s / d raw = 1 - tanh^2, applied to the gradient below
+                    squashed = torch.tanh(student_logits.div_(student_softcap))
+                    student_logits = squashed * student_softcap
                 teacher_logits = None if teacher_hidden is None else \
                     (teacher_hidden[rows].to(teacher_compute) @ teacher_head.T).float()
+                if teacher_logits is not None and teacher_softcap:
+                    teacher_logits = torch.tanh(teacher_logits.div_(teacher_softcap)).mul_(teacher_softcap)
                 kd, ce, logit_grad = _chunk_terms_and_logit_grad(
                     student_logits, teacher_logits, targets[rows], valid[rows], temperature, kd_weight, ce_weight,
                     with_grad)
                 del student_logits, teacher_logits
                 kd_total, ce_total = kd_total + kd, ce_total + ce
                 if with_grad:
+                    if squashed is not None:
+                        logit_grad = logit_grad.mul_(squashed.square_().neg_().add_(1))
                     logit_grad = logit_grad.to(grad_dtype)
                     if need_hidden_grad:
                         grad_hidden[rows] = logit_grad @ weight_for_grad
                     if need_weight_grad:
                         grad_weight += logit_grad.T @ hidden.to(grad_dtype)
-                del logit_grad
+                del logit_grad, squashed
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.input_dtypes = (student_hidden.dtype, student_weight.dtype)
         sums = torch.stack([kd_total, ce_total])
@@ -131,21 +140,23 @@ class FusedLinearDistillationLoss(torch.autograd.Function):
             grad_hidden = grad_hidden.mul_(scale).to(ctx.input_dtypes[0])
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(scale).to(ctx.input_dtypes[1])
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_distillation_loss(student_hidden: torch.Tensor, student_weight: torch.Tensor,
                             teacher_hidden: torch.Tensor | None, teacher_weight: torch.Tensor | None,
                             targets: torch.Tensor, valid: torch.Tensor, temperature: float,
                             kd_weight: torch.Tensor | float, ce_weight: torch.Tensor | float,
-                            chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            chunk_size: int | None = None, student_softcap: float | None = None,
+                            teacher_softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(kd_weight * KL sum + ce_weight * CE sum, KL sum, CE sum) over the valid positions.
 
     `student_hidden` is `(..., d)` (the last hidden states, after the final norm), `student_weight` the
     `(vocab, d)` LM-head weight; likewise for the teacher, whose `teacher_hidden=None` leaves the KL out (0).
     `targets` / `valid` have the hidden states' leading shape (position i predicts `targets[i]`). The
     sums are detached (for logging); the first value carries the gradient to the student's hidden states
-    and head weight. `chunk_size=None` picks `default_chunk_size`.
+    and head weight. `chunk_size=None` picks `default_chunk_size`; a softcap c maps that model's logits to
+c * tanh(logits / c) (None: no cap).
     """
     vocab, width = student_weight.shape
     if teacher_hidden is not None and teacher_weight.shape[0] != vocab:
@@ -159,7 +170,7 @@ def fused_distillation_loss(student_hidden: torch.Tensor, student_weight: torch.
     teacher_rows = None if teacher_hidden is None else teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
     loss, sums = FusedLinearDistillationLoss.apply(student_rows, student_weight, teacher_rows, teacher_weight,
                                                    targets.reshape(-1), valid.reshape(-1), temperature, kd_weight,
-                                                   ce_weight, chunk_size)
+                                                   ce_weight, chunk_size, student_softcap, teacher_softcap)
     return loss, sums[0], sums[1]
 
 

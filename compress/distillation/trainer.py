@@ -33,7 +33,8 @@ from compress.distillation.config import DistillationConfig
 from compress.distillation.fused_loss import IGNORE_INDEX, fused_distillation_loss, liger_distillation_loss
 
 # Config fields with which logits are not `hidden @ head.weight.T`: the fused loss would compute other numbers.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+# Logit transforms the fused loss does not apply (Gemma 2's `final_logit_softcapping` it does: `logit_softcap`).
+_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "output_multiplier")
 
 
 def next_token_targets(labels: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -109,6 +110,12 @@ def check_fused_head(model: torch.nn.Module, who: str) -> None:
     if "logits_to_keep" not in inspect.signature(base.forward).parameters:
         raise ValueError(f"the {who} ({type(base).__name__}) has no logits_to_keep argument in forward, which the "
                          "trainer needs to run it without its full logits")
+
+
+def logit_softcap(model: torch.nn.Module) -> float | None:
+    """The cap c of a model whose logits are c * tanh(raw / c) (Gemma 2's `final_logit_softcapping`), else None."""
+    config = _base_model(model).config
+    return getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None) or None
 
 
 def head_weight(model: torch.nn.Module, who: str) -> torch.Tensor:
@@ -189,7 +196,7 @@ class DistillationTrainer(Trainer):
         if not model.training:  # evaluation: the student's own next-token loss
             with self.accelerator.autocast():
                 loss, _, _ = fused_distillation_loss(hidden, weight, None, None, targets, valid, 1.0, 0.0,
-                                                     1 / positions, args.kd_chunk_size)
+                                                     1 / positions, args.kd_chunk_size, logit_softcap(model))
             return (loss, outputs) if return_outputs else loss
 
         # The teacher under the student's autocast (its LayerNorms and softmaxes in fp32 as the student's are),
@@ -201,7 +208,11 @@ class DistillationTrainer(Trainer):
         kd_scale = args.temperature**2 / positions
         weight, teacher_weight = shared_vocabulary_rows(weight, head_weight(self.teacher, "teacher"))
         with self.accelerator.autocast():
+            caps = logit_softcap(model), logit_softcap(self.teacher)
             if args.kd_loss_backend == "liger" and args.alpha_kd > 0:
+                if any(caps):
+                    raise ValueError("kd_loss_backend: liger does not apply final_logit_softcapping; use "
+                                     "kd_loss_backend: torch")
                 loss, kd_mean, ce_mean = liger_distillation_loss(
                     hidden, weight, teacher_hidden, teacher_weight, targets, args.temperature,
                     args.alpha_kd, args.alpha_ce, args.kd_chunk_size)
@@ -210,7 +221,7 @@ class DistillationTrainer(Trainer):
                 loss, kd_sum, ce_sum = fused_distillation_loss(
                     hidden, weight, teacher_hidden if args.alpha_kd > 0 else None, teacher_weight,
                     targets, valid, args.temperature, args.alpha_kd * kd_scale, args.alpha_ce / positions,
-                    args.kd_chunk_size)
+                    args.kd_chunk_size, *caps)
                 parts = {"kd": kd_sum * kd_scale, "ce": ce_sum / positions}
         if args.alpha_cos > 0:
             parts["cos"] = hidden_cosine_loss(hidden, teacher_hidden, valid)
