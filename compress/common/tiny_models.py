@@ -187,40 +187,6 @@ def build_tiny_llama(out_dir: str | Path, layers: int = 2, hidden_size: int = 64
     return model, tok
 
 
-# model type -> (config class name, tiny sizes); every one with grouped-query attention where it has it
-TINY_CAUSAL = {
-    "mistral": ("MistralConfig", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                      num_key_value_heads=2)),
-    "qwen2": ("Qwen2Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                  num_key_value_heads=2)),
-    "qwen3": ("Qwen3Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                  num_key_value_heads=2, head_dim=16)),
-    "gemma2": ("Gemma2Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                    num_key_value_heads=2, head_dim=16)),
-    "gemma3_text": ("Gemma3TextConfig", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                             num_key_value_heads=2, head_dim=16)),
-    "phi3": ("Phi3Config", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                num_key_value_heads=4)),
-    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4)),
-    "opt": ("OPTConfig", dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64)),
-}
-
-
-def build_tiny_causal(out_dir: str | Path, model_type: str, layers: int = 2, seed: int = 0):
-    """A randomly initialised causal LM of one of `TINY_CAUSAL`'s architectures, with the tiny BPE tokenizer."""
-    import transformers
-
-    class_name, sizes = TINY_CAUSAL[model_type]
-    tok = build_tokenizer(out_dir)
-    torch.manual_seed(seed)
-    config = getattr(transformers, class_name)(
-        vocab_size=len(tok), num_hidden_layers=layers, max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, **sizes)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(out_dir)
-    return model, tok
-
-
 # ------------------------------------------------------------------- a regard-format classifier (BOLD)
 
 REGARD_LABELS = ["negative", "neutral", "other", "positive"]  # the label names of sasha/regardv3
