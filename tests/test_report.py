@@ -296,7 +296,8 @@ def test_models_distilled_elsewhere_are_not_references(study):
     report = rep.build_report(dirs, resamples=200, distilled=["teacher"])
     assert next(m for m in report.models if m.name == "teacher").method == "distillation"
     references = {r.reference for r in report.matched}
-    assert references == {"all models (fewer than two non-distilled perplexities): copy, pruned, teacher, toxic"}
+    assert references == {
+        "all models of its lineage (fewer than two non-distilled perplexities): copy, pruned, teacher, toxic"}
     with pytest.raises(SystemExit, match="--distilled nobody"):
         rep.build_report(dirs, distilled=["nobody"])
 
@@ -414,3 +415,33 @@ def test_a_dropped_model_is_described_by_its_layer_dropping_record(tmp_path):
     assert (info.method, info.blocks, info.parameters, info.baseline) == ("layer dropping", 6, 600, "teacher")
     assert info.baseline_source == "layer_dropping.json" and info.trainer_perplexity == 40.0
     assert info.label == "dropped (6 blocks, dropped)" and models["teacher"].method == "original"
+
+
+def test_model_families_stay_apart_in_size_correlations_and_the_perplexity_line(study, tmp_path):
+    """An unrelated original model (no record: made from nothing here) beside the teacher's lineage: by default
+    neither the size correlations nor the perplexity-matched line mix it in; --mix-families and --reference do."""
+    rng = random.Random(1)
+    other = tmp_path / "models" / "other"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"n_layer": 24, "n_head": 16}))
+    scores = [rng.uniform(0.05, 0.6) for _ in range(N_DOCS)]
+    tasks = _toxicity_tasks(scores, [rng.randint(5, 20) for _ in range(N_DOCS)])
+    log_likelihoods = [[-rng.uniform(10, 60), rng.randint(5, 15)] for _ in range(N_DOCS)]
+    tasks["demo_perplexity"] = {"word_perplexity": log_likelihoods}
+    write_lm_eval_run(tmp_path / "eval" / "other", str(other), tasks, num_parameters=90000)
+    dirs = sorted((study["root"] / "eval").iterdir()) + [tmp_path / "eval" / "other"]
+
+    report = rep.build_report(dirs, resamples=200)
+    assert {m.name for m in report.models} == {"teacher", "copy", "toxic", "pruned", "other"}
+    assert report.correlations and {c.family for c in report.correlations} <= {"teacher lineage", "teacher family"}
+    assert all(c.n == 4 for c in report.correlations)  # the teacher's four, never the unrelated fifth
+    assert report.matched and all("other" not in r.reference.split(": ")[1].split(", ") for r in report.matched)
+    assert not [r for r in report.matched if r.model == "other"]  # alone in its lineage: no line to compare with
+
+    mixed = rep.build_report(dirs, resamples=200, mix_families=True)
+    assert {c.n for c in mixed.correlations if c.family == "all"} == {5}
+    named = rep.build_report(dirs, resamples=200, references=["pruned", "other"])
+    assert {r.reference for r in named.matched} == {"named reference models: pruned, other"}
+    assert {r.model for r in named.matched} == {"teacher", "copy", "toxic", "pruned", "other"}
+    with pytest.raises(SystemExit, match="--reference nobody"):
+        rep.build_report(dirs, resamples=200, references=["nobody"])

@@ -70,7 +70,8 @@ class Report:
 
 def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None = None, correction: str = "bh",
                  alpha: float = 0.05, resamples: int | None = None, seed: int = 0,
-                 distilled: list[str] | None = None) -> Report:
+                 distilled: list[str] | None = None, references: list[str] | None = None,
+                 mix_families: bool = False) -> Report:
     notes: list[str] = []
     runs = {run.name: run for run in find_model_runs(results_dirs)}
     infos = {name: describe_model(run) for name, run in runs.items()}
@@ -85,10 +86,10 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
     estimates += stereoset_overall(runs, resamples, seed, notes)
     comparisons = compare_with_baselines(runs, infos, groups, resamples, seed, notes)
     apply_correction(comparisons, correction, alpha)
-    correlations = size_correlations(infos, estimates)
+    correlations = size_correlations(infos, estimates, mix_families)
     apply_correction(correlations, correction, alpha)
     choose_perplexity(infos, estimates, notes)
-    matched = perplexity_matched(infos, estimates, notes)
+    matched = perplexity_matched(infos, estimates, notes, references)
     order = sorted(infos.values(), key=lambda i: (METHOD_ORDER.get(i.method, 9), -(i.parameters or 0),
                                                   i.prune_subset or 0, i.name))
     effective_resamples = resamples or significance.DEFAULT_RESAMPLES

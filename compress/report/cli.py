@@ -28,6 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distilled", action="append", default=[], metavar="MODEL",
                         help="MODEL was distilled elsewhere (e.g. distilgpt2): not a reference in the perplexity-"
                              "matched comparison; repeatable")
+    parser.add_argument("--reference", action="append", default=[], metavar="MODEL",
+                        help="fit the perplexity-matched line on these models, for every model (default: each "
+                             "lineage's non-distilled models); repeatable")
+    parser.add_argument("--mix-families", action="store_true",
+                        help="also correlate size with each metric over all models together, whatever model each "
+                             "was made from (default: within each lineage)")
     parser.add_argument("--correction", choices=sorted(significance.CORRECTIONS), default="bh",
                         help="multiple-comparison correction: bh = Benjamini-Hochberg (default), holm = Holm")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level after correction")
@@ -47,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = build_report(args.results_dirs, dict(args.compare), args.correction, args.alpha, args.resamples,
-                          args.seed, args.distilled)
+                          args.seed, args.distilled, args.reference or None, args.mix_families)
     written = write_report(report, args.out, make_plots=not args.no_plots)
     significant = sum(c.significant for c in report.comparisons)
     print(f"report for {len(report.models)} models in {args.out}: {len(written)} files; "

@@ -1,4 +1,4 @@
-"""Spearman rank correlation of each metric with parameter count, over all models and within families."""
+"""Spearman rank correlation of each metric with parameter count, within each lineage and each baseline's family."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ class Correlation:
     significant: bool = False
 
 
-def size_correlations(infos: dict[str, ModelInfo], estimates: list[Estimate]) -> list[Correlation]:
+def size_correlations(infos: dict[str, ModelInfo], estimates: list[Estimate],
+                      mix_families: bool = False) -> list[Correlation]:
     table = {(e.model, e.task, e.metric, e.filter): e.value for e in estimates}
     keys = sorted({(e.task, e.metric, e.filter) for e in estimates})
     rows = []
-    for family, members in families(infos).items():
+    for family, members in families(infos, mix_families).items():
         sized = [m for m in members if infos[m].parameters]
         if len(sized) < 3:
             continue

@@ -198,11 +198,38 @@ def resolve_baselines(infos: dict[str, ModelInfo], runs: dict[str, ModelRun], pa
                              f"(models: {', '.join(sorted(infos))})")
 
 
-def families(infos: dict[str, ModelInfo]) -> dict[str, list[str]]:
-    """'all' models, and each baseline with the models compared against it."""
-    groups = {"all": list(infos)}
+def lineage_root(infos: dict[str, ModelInfo], name: str) -> str:
+    """The model `name` was ultimately made from: its baseline's baseline, ..., up to one made from nothing here."""
+    seen = {name}
+    while infos[name].baseline in infos and infos[name].baseline not in seen:
+        name = infos[name].baseline
+        seen.add(name)
+    return name
+
+
+def lineages(infos: dict[str, ModelInfo]) -> dict[str, list[str]]:
+    """Each original model with every model made from it (GPT-2 and its students; DialoGPT alone)."""
+    groups: dict[str, list[str]] = {}
+    for name in infos:
+        groups.setdefault(lineage_root(infos, name), []).append(name)
+    return groups
+
+
+def families(infos: dict[str, ModelInfo], mix_families: bool = False) -> dict[str, list[str]]:
+    """The groups a size correlation is computed within: each lineage ('all' when there is one, or when
+    `mix_families` asks for every model together), and each baseline with the models compared against it.
+
+    Different original models (GPT-2, DialoGPT, BlenderBot) differ in data and training as well as size, so
+    mixing them would credit size with what the family does.
+    """
+    roots = lineages(infos)
+    groups = {"all": list(infos)} if mix_families or len(roots) == 1 else \
+        {f"{root} lineage": members for root, members in roots.items()}
     for name, info in infos.items():
         if info.baseline:
             groups.setdefault(f"{info.baseline} family", [info.baseline]).append(name)
-    # A family that is every model says nothing that 'all' does not.
-    return {k: v for k, v in groups.items() if k == "all" or set(v) != set(infos)}
+    unique: dict[str, list[str]] = {}  # a group with the same models as an earlier one says nothing new
+    for label, members in groups.items():
+        if all(set(members) != set(other) for other in unique.values()):
+            unique[label] = members
+    return unique
