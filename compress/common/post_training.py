@@ -7,10 +7,40 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from compress.common.atomic_files import write_json_atomically
 from compress.common.checkpoint_files import folder_files, model_files_bytes, safetensors_tensor_bytes
+
+
+@dataclass
+class PostTrainingConfig:
+    """The settings every quantization and sparsity run has (the model, the output, calibration and the layer-wise
+    solvers' knobs); `QuantizeConfig` and `SparsityConfig` add their method's fields and checks."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ()
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to compress (hub id or folder)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where the compressed checkpoint is written."})
+    num_samples: int = field(default=128, metadata={"help": "Calibration blocks, drawn with seed."})
+    seed: int = field(default=0, metadata={"help": "Seed for drawing the calibration blocks."})
+    calibration_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass."})
+    blocksize: int = field(default=128, metadata={"help": "GPTQ / SparseGPT: columns per lazy batch."})
+    percdamp: float = field(default=0.01, metadata={"help": "GPTQ / SparseGPT: damping, share of the mean Hessian "
+                                                             "diagonal."})
+    dtype: str = field(default="float32", metadata={"help": "dtype the model is loaded, compressed and saved in."})
+
+    def __post_init__(self):
+        if self.model_name_or_path is None:
+            raise ValueError("model_name_or_path is required")
+        if self.output_dir is None:
+            raise ValueError("output_dir is required")
+        if self.method not in self.METHODS:
+            raise ValueError(f"method must be one of {', '.join(self.METHODS)}, got {self.method!r}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
 
 
 def first_line(err: Exception) -> str:

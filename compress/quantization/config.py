@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from compress.common.post_training import PostTrainingConfig
 
 METHODS = ("int8", "int4", "gptq", "awq")
 BITS = {"int8": (8,), "int4": (4,), "gptq": (4, 8), "awq": (4, 8)}
@@ -11,9 +14,9 @@ FORMATS = ("auto", "compressed-tensors", "dequantized")
 
 
 @dataclass
-class QuantizeConfig:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Model to quantize (hub id or folder)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where the quantized checkpoint is written."})
+class QuantizeConfig(PostTrainingConfig):
+    METHODS: ClassVar[tuple[str, ...]] = METHODS
+
     method: str = field(default="int8", metadata={"help": "int8 or int4 (round-to-nearest), gptq or awq."})
     bits: int | None = field(default=None, metadata={"help": "Weight bits; default 8 for int8, else 4."})
     group_size: int | None = field(
@@ -23,20 +26,9 @@ class QuantizeConfig:
         default="auto", metadata={"help": "compressed-tensors (packed int codes + scales, needs compfair[quant]), "
                                           "dequantized (the rounded weights in a stock dense checkpoint), or auto: "
                                           "compressed-tensors where the architecture's layers are nn.Linear."})
-    num_samples: int = field(default=128, metadata={"help": "Calibration blocks for gptq/awq, drawn with seed."})
-    seed: int = field(default=0, metadata={"help": "Seed for drawing the calibration blocks."})
-    calibration_batch_size: int = field(default=8, metadata={"help": "Blocks per forward pass."})
-    blocksize: int = field(default=128, metadata={"help": "GPTQ: columns per lazy batch."})
-    percdamp: float = field(default=0.01, metadata={"help": "GPTQ: damping, share of the mean Hessian diagonal."})
-    dtype: str = field(default="float32", metadata={"help": "dtype the model is loaded in and saved in."})
 
     def __post_init__(self):
-        if self.model_name_or_path is None:
-            raise ValueError("model_name_or_path is required")
-        if self.output_dir is None:
-            raise ValueError("output_dir is required")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        super().__post_init__()
         if self.bits is None:
             self.bits = 8 if self.method == "int8" else 4
         if self.bits not in BITS[self.method]:
@@ -48,8 +40,6 @@ class QuantizeConfig:
             raise ValueError(f"group_size must be 0 (per output channel) or positive, got {self.group_size}")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
 
     @property
     def needs_calibration(self) -> bool:
