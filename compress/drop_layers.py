@@ -24,7 +24,7 @@ if __name__ == "__main__" and not __package__:
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from compress.common.arguments import parse_config_and_flags
-from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.common.lm_data import DataArguments, build_lm_datasets, describe_data, sample_blocks
 from compress.layer_dropping.config import LayerDroppingConfig
 from compress.layer_dropping.removal import check_blocks_to_remove
 from compress.layer_dropping.trainer import RECORD_FILE, LayerDroppingTrainer
@@ -50,18 +50,6 @@ def check_model_config(config: LayerDroppingConfig):
     return model_config
 
 
-def calibration_blocks(train, num_samples: int, seed: int):
-    """`num_samples` training blocks drawn with `seed`; a smaller subset is a prefix of a larger one."""
-    return train.shuffle(seed=seed).select(range(min(num_samples, len(train))))
-
-
-def describe_data(data_args: DataArguments) -> dict:
-    return {"dataset_name": data_args.dataset_name, "dataset_config_name": data_args.dataset_config_name,
-            "train_file": data_args.train_file, "validation_file": data_args.validation_file,
-            "dataset_fraction": data_args.dataset_fraction, "block_size": data_args.block_size,
-            "max_eval_samples": data_args.max_eval_samples}
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     config, data_args = parse_config_and_flags((LayerDroppingConfig, DataArguments), argv)
     record_path = Path(config.output_dir) / RECORD_FILE
@@ -73,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                                                  attn_implementation=config.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
     data = build_lm_datasets(data_args, tokenizer, seed=config.seed, main_process_first=config.main_process_first)
-    calibration = calibration_blocks(data["train"], config.num_samples, config.seed)
+    calibration = sample_blocks(data["train"], config.num_samples, config.seed)
     description = {**describe_data(data_args), "block_size": len(data["train"][0]["input_ids"]),
                    "validation_blocks": len(data["validation"])}
     trainer = LayerDroppingTrainer(model=model, args=config, importance_dataset=calibration,

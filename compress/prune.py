@@ -22,7 +22,7 @@ if __name__ == "__main__" and not __package__:
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from compress.common.arguments import parse_config_and_flags
-from compress.common.lm_data import DataArguments, build_lm_datasets, data_source
+from compress.common.lm_data import DataArguments, build_lm_datasets, describe_data, sample_blocks
 from compress.pruning.config import PruningConfig
 from compress.pruning.head_gates import check_supported
 from compress.pruning.trainer import RECORD_FILE, HeadPruningTrainer
@@ -40,17 +40,6 @@ def load_model_and_tokenizer(config: PruningConfig):
     return model, tokenizer
 
 
-def importance_blocks(train, num_samples: int, seed: int):
-    """`num_samples` training blocks drawn with `seed`; a smaller subset is a prefix of a larger one."""
-    return train.shuffle(seed=seed).select(range(min(num_samples, len(train))))
-
-
-def describe_data(data_args: DataArguments) -> dict:
-    return {**data_source(data_args),  # only the source actually read
-            "dataset_fraction": data_args.dataset_fraction, "block_size": data_args.block_size,
-            "max_eval_samples": data_args.max_eval_samples}
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     config, data_args = parse_config_and_flags((PruningConfig, DataArguments), argv)
     record_path = Path(config.output_dir) / RECORD_FILE
@@ -59,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     model, tokenizer = load_model_and_tokenizer(config)
     data = build_lm_datasets(data_args, tokenizer, seed=config.seed, main_process_first=config.main_process_first)
-    importance = importance_blocks(data["train"], config.num_samples, config.seed)
+    importance = sample_blocks(data["train"], config.num_samples, config.seed)
     description = {**describe_data(data_args), "block_size": len(data["train"][0]["input_ids"]),
                    "validation_blocks": len(data["validation"])}
     trainer = HeadPruningTrainer(model=model, args=config, importance_dataset=importance,

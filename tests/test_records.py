@@ -6,7 +6,7 @@ from compress.common.lm_data import DataArguments, data_source, load_raw_dataset
 
 
 def test_records_name_only_the_source_read(tmp_path):
-    from compress.prune import describe_data
+    from compress.common.lm_data import describe_data
 
     text = tmp_path / "train.txt"
     text.write_text("one document\nanother document\n")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.common.lm_data import DataArguments, build_lm_datasets
+from compress.common.lm_data import DataArguments, build_lm_datasets, sample_blocks
 
 
 @dataclass
@@ -51,7 +51,7 @@ def calibration_blocks(data: CalibrationData, tokenizer, num_samples: int, seed:
         block = data.block_size or min(tokenizer.model_max_length, 1024)
         raise SystemExit(f"error: {data.source()}: gives {len(train)} calibration blocks of {block} tokens, "
                          f"fewer than num_samples={num_samples}; add text, lower block_size or num_samples")
-    chosen = train.shuffle(seed=seed).select(range(num_samples))
+    chosen = sample_blocks(train, num_samples, seed)
     return torch.tensor(chosen["input_ids"], dtype=torch.long)
 
 

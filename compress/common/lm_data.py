@@ -55,6 +55,18 @@ def data_source(args: DataArguments) -> dict:
     return {"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name}
 
 
+def describe_data(args: DataArguments) -> dict:
+    """What a record says about the training text: only the source actually read, and how it was cut."""
+    return {**data_source(args), "dataset_fraction": args.dataset_fraction, "block_size": args.block_size,
+            "max_eval_samples": args.max_eval_samples}
+
+
+def sample_blocks(train: datasets.Dataset, num_samples: int, seed: int) -> datasets.Dataset:
+    """`num_samples` training blocks drawn with `seed` (importance, calibration); a smaller subset is a prefix of a
+    larger one."""
+    return train.shuffle(seed=seed).select(range(min(num_samples, len(train))))
+
+
 def load_raw_datasets(args: DataArguments, seed: int = 42) -> datasets.DatasetDict:
     """Train and validation splits of raw documents, from the hub or from local files."""
     if args.train_file is not None:
