@@ -469,6 +469,10 @@ def test_two_processes_choose_the_same_blocks_as_one(tmp_path, models, train_fil
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("removed blocks") == 1  # printed by the main process only
     double = json.loads((tmp_path / "two" / RECORD_FILE).read_text())
+    # first, that the two processes really split the calibration blocks rather than each scoring all 13
+    shares = double["calibration"]["tokens_per_process"]
+    assert single["calibration"]["tokens_per_process"] == [13 * 32]
+    assert len(shares) == 2 and all(0 < n < 13 * 32 for n in shares), shares
     assert double["calibration"]["tokens"] == single["calibration"]["tokens"] == 13 * 32
     assert double["scores"] == pytest.approx(single["scores"], rel=1e-9)
     assert double["blocks_removed"] == single["blocks_removed"]

@@ -96,9 +96,11 @@ class LayerDroppingTrainer(Trainer):
             sums, tokens = accumulate_score_sums(self.model, self._progress(loader, f"{method} scores"), method, span,
                                                  positions, autocast=self.accelerator.autocast)
             sums = sums.to(args.device)
-        count = torch.tensor(float(tokens), dtype=torch.float64, device=args.device)
+        count = torch.tensor([float(tokens)], dtype=torch.float64, device=args.device)
         sums = self.accelerator.reduce(sums, reduction="sum")
-        tokens = int(self.accelerator.reduce(count, reduction="sum").item())
+        # each process's share, for the record (a data-parallel run can be seen to have split the blocks)
+        self.tokens_per_process = [int(n) for n in self.accelerator.gather(count).tolist()]
+        tokens = sum(self.tokens_per_process)
         return finish_scores(sums, tokens, method).cpu(), tokens
 
     @torch.no_grad()
@@ -151,7 +153,8 @@ class LayerDroppingTrainer(Trainer):
             "blocks_kept": [i for i in range(blocks_before) if i not in removed],
             "config_updates": updates,
             "calibration": {**self.data_description, "num_samples_requested": args.num_samples,
-                            "num_samples": len(self.importance_dataset), "seed": args.seed, "tokens": tokens},
+                            "num_samples": len(self.importance_dataset), "seed": args.seed, "tokens": tokens,
+                            "tokens_per_process": self.tokens_per_process},
             "perplexity_before": perplexity_before,
             "perplexity_after": perplexity_after,
             "parameter_count": {"before": parameters_before, "after": count_parameters(model)},
