@@ -69,3 +69,40 @@ def test_prune_configs_do_not_claim_published_perplexities():
         text = path.read_text()
         assert "perplexities comparable with published" not in text, path
         assert "NOT comparable with published" in text and "word perplexity" in text, path
+
+
+def test_packing_ignores_shard_files_left_by_per_shard_packing(tmp_path, tiny_gpt2):
+    from pathlib import Path
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    from compress.common.tiny_models import corpus_lines
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    lines = corpus_lines()
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(lines[i % len(lines)] for i in range(1300)) + "\n")
+    raw = datasets.load_dataset("text", data_files=str(text), cache_dir=str(tmp_path / "cache"))
+    token_docs = [tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                  for doc in raw["train"]["text"]]
+    expected = _pack_by_hand(token_docs, 16)
+    packed = pack_into_blocks(raw, tokenizer, 16)
+    fingerprint = packed["train"]._fingerprint
+    one_file = Path(packed["train"].cache_files[0]["filename"])
+    assert one_file.name == f"cache-{fingerprint}.arrow"
+    one_file.unlink()
+    # What the per-shard packing left in a cache: under the same fingerprint, one file per worker's shard (default
+    # suffix), each shard packed on its own.
+    def pack_shard(batch):
+        blocks = _pack_by_hand(batch["ids"], 16)
+        return {"input_ids": blocks, "attention_mask": [[1] * 16 for _ in blocks], "labels": blocks}
+
+    stale = datasets.Dataset.from_dict({"ids": token_docs}).map(
+        pack_shard, batched=True, num_proc=3, remove_columns="ids", cache_file_name=str(one_file))
+    assert sorted(p.name for p in one_file.parent.glob(f"cache-{fingerprint}*")) == [
+        f"cache-{fingerprint}_{rank:05d}_of_00003.arrow" for rank in range(3)]
+    assert stale["input_ids"] != expected
+    for overwrite_cache in (False, True):
+        again = pack_into_blocks(raw, tokenizer, 16, overwrite_cache=overwrite_cache)
+        assert again["train"]["input_ids"] == expected, overwrite_cache
