@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 
 PACKING_GROUP = 1000  # documents concatenated before cutting blocks (run_clm.py's map batch size)
+ONE_PROCESS_SUFFIX = "_{rank:05d}_of_{num_proc:05d}_packed_in_one_process"  # see pack_into_blocks
 TEXT_SUFFIXES = {".txt": "text", ".raw": "text", ".tokens": "text", ".json": "json", ".jsonl": "json"}
 
 
@@ -127,8 +128,13 @@ def pack_into_blocks(raw: datasets.DatasetDict, tokenizer, block_size: int, text
 
     tokenized = raw.map(tokenize, batched=True, num_proc=num_proc, remove_columns=raw["train"].column_names,
                         load_from_cache_file=not overwrite_cache, desc="tokenizing")
-    return tokenized.map(group, batched=True, batch_size=PACKING_GROUP, num_proc=None,
-                         load_from_cache_file=not overwrite_cache, desc=f"packing into blocks of {block_size}")
+    # `datasets` takes a map's shard count from the cache files already there under its fingerprint (which leaves
+    # num_proc out), even with load_from_cache_file=False: shard files of the default name, as the per-shard
+    # packing of earlier versions left them, would be used again. No sharded map writes this suffix.
+    return datasets.DatasetDict({
+        split: ds.map(group, batched=True, batch_size=PACKING_GROUP, num_proc=None, suffix_template=ONE_PROCESS_SUFFIX,
+                      load_from_cache_file=not overwrite_cache, desc=f"packing into blocks of {block_size}")
+        for split, ds in tokenized.items()})
 
 
 def _no_barrier(desc: str = ""):
