@@ -5,8 +5,8 @@
 
 Stages, in order (`--stages` picks some; each can run alone once its inputs exist):
 
-    teacher   demo: build a tiny GPT-2 teacher and train it briefly on the embedded corpus, and build the
-              tiny Detoxify-format scorer; reproduce: nothing (GPT-2 and Detoxify come from the hub)
+    teacher   demo: train a tiny GPT-2 teacher on the bundled WikiText-2 text (compress/study/demo_teacher.py)
+              and build the tiny Detoxify-format scorers; reproduce: nothing (GPT-2 and Detoxify come from the hub)
     prompts   curate the toxicity prompt sets with `compfair-prompts` into the data dir (the demo also
               puts its bundled StereoSet and WinoBias samples and its held-out perplexity text there)
     distill   `compress/distill.py` for each student (A, B, Bnot, C, D, Dnot)
@@ -40,7 +40,6 @@ import importlib
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -56,9 +55,10 @@ STUDENTS = ("A", "B", "Bnot", "C", "D", "Dnot")
 PRUNE_SUBSETS = (256, 1280, 2560, 5120, 12800)
 PROMPT_FILES = ("rtp.jsonl", "tox4k.jsonl", "random4k.jsonl", "safe4k.jsonl", "manifest.json")
 EVAL_MARKER = "compfair_eval_{batch}.json"
-# The demo's models are so small that a second CPU thread buys nothing, and on a busy machine torch's
-# spinning worker threads make each step several times slower; the demo runs everything on one thread.
-DEMO_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# The demo's threads per step (`--threads`, default every core). On a busy machine torch's spinning worker
+# threads can make each step several times slower than one thread would: pass --threads 1 there.
+def demo_threads(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 # Evaluation beyond the paper (CrowS-Pairs, ...): tasks evaluated in both plans, and the bundled demo data
 # folders they read (each task falls back to its hub copy where the data dir lacks its file).
 EXTRA_TASKS = ("compfair_crows_pairs", "compfair_bold")
@@ -248,7 +248,8 @@ def demo_plan(args: argparse.Namespace) -> Plan:
             "compress.distill", [
                 f"trainer_configs/distill/{student}.yaml", "--teacher_name_or_path", str(teacher),
                 "--train_file", str(corpus), "--dataset_fraction", "1", "--validation_split_percentage", "10",
-                "--block_size", str(args.block_size), "--max_steps", str(args.distill_steps),
+                "--max_eval_samples", "128", "--block_size", str(args.block_size),
+                "--max_steps", str(args.distill_steps),
                 "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
                 "--warmup_steps", "0", "--eval_strategy", "no", "--save_strategy", "no",
                 "--load_best_model_at_end", "false", "--logging_steps", str(max(1, args.distill_steps // 4)),
@@ -258,10 +259,11 @@ def demo_plan(args: argparse.Namespace) -> Plan:
         models.append(Model(f"pruned_{subset}", "pruned", str(out), done_file="pruning.json", build=Step(
             "compress.prune", [
                 "trainer_configs/prune/wikitext_256.yaml", "--model_name_or_path", str(teacher),
-                "--train_file", str(corpus), "--validation_split_percentage", "10", "--block_size",
-                str(args.block_size), "--num_samples", str(subset), "--per_device_eval_batch_size", "16",
+                "--train_file", str(corpus), "--validation_split_percentage", "10", "--max_eval_samples", "128",
+                "--block_size", str(args.block_size), "--num_samples", str(subset),
+                "--per_device_eval_batch_size", "16",
                 "--output_dir", str(out), *cpu], script=True)))
-    # Post-training compression of the teacher, calibrated on the demo corpus (n_embd 48: groups of 16 inputs).
+    # Post-training compression of the teacher, calibrated on the demo corpus (n_embd 96: six groups of 16 inputs).
     calibration = ["--train_file", str(corpus), "--block_size", str(args.block_size), "--num_samples", "16",
                    "--validation_split_percentage", "10"]
     out = runs / "quantized" / "gptq_int4"
@@ -288,7 +290,7 @@ def demo_plan(args: argparse.Namespace) -> Plan:
                 env={"COMPFAIR_SCORER": f"detoxify:{scorer},detoxify:{runs / 'scorer_b' / 'tiny-detoxify.ckpt'}",
                      "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1",
                      "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                     **DEMO_THREADS})
+                     **demo_threads(args.threads)})
 
 
 # ---------------------------------------------------------------------------------------------- modern preset
@@ -402,7 +404,7 @@ def modern_demo_plan(args: argparse.Namespace) -> Plan:
                            *cpu],
         "compress.sparsify": calibration,
         "compress.quantize": calibration,
-        # n_embd 48: groups of 16 inputs
+        # n_embd 96: six groups of 16 inputs
         "int4": ["--group_size", "16"], "gptq_int4": ["--group_size", "16"],
     }
     plan.models = modern_models(teacher, DEMO_TEACHER_BLOCKS, runs, [sys.executable], extra)
@@ -410,7 +412,7 @@ def modern_demo_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-DEMO_TEACHER_BLOCKS = 12  # train_demo_teacher's n_layer
+DEMO_TEACHER_BLOCKS = 12  # compress.study.demo_teacher.TeacherRecipe.n_layer
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -440,31 +442,17 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
     regard = plan.runs / "scorer" / "tiny-regard"
     if not (regard / "tokenizer_config.json").is_file():  # BOLD's regard classifier (written last: the tokenizer)
         tiny_models.build_tiny_regard(regard)
-    _write_training_text(plan)
+    from compress.study import demo_teacher
+
+    corpus, heldout = demo_teacher.write_demo_text(plan.data_dir)
     teacher = next(m for m in plan.models if m.kind == "teacher")
     if (Path(teacher.pretrained) / "teacher.json").is_file():
         log(f"teacher: {teacher.pretrained} is complete; skipped")
         return
-    log(f"teacher: training a tiny 12-block GPT-2 for {args.teacher_steps} steps")
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see DEMO_THREADS
-    try:
-        train_demo_teacher(Path(teacher.pretrained), plan.data_dir / "corpus.txt", args.teacher_steps,
-                           args.block_size)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _write_training_text(plan: Plan) -> None:
-    """The demo's training text: the embedded corpus the tiny tokenizer is trained on, and a bundled page more."""
-    from compress.common import tiny_models
-
-    source = resources.files("compress.study") / "demo_data"
-    plan.data_dir.mkdir(parents=True, exist_ok=True)
-    corpus = tiny_models.CORPUS + (source / "corpus.txt").read_text(encoding="utf-8")
-    (plan.data_dir / "corpus.txt").write_text(corpus, encoding="utf-8")
+    recipe = demo_teacher.TeacherRecipe(steps=args.teacher_steps)
+    log(f"teacher: training a {recipe.n_layer}-block, {recipe.n_head}-head GPT-2 on the bundled WikiText-2 text "
+        f"for {recipe.steps} steps (about a minute on two cores)")
+    demo_teacher.train_demo_teacher(Path(teacher.pretrained), corpus, heldout, recipe, log=log)
 
 
 def _write_evaluation_data(plan: Plan) -> None:
@@ -478,7 +466,6 @@ def _write_evaluation_data(plan: Plan) -> None:
         for item in (source / sub).iterdir():
             if item.is_file():
                 (data / sub / item.name).write_bytes(item.read_bytes())
-    (data / "heldout.txt").write_text((source / "heldout.txt").read_text(encoding="utf-8"), encoding="utf-8")
     task = plan.runs / "tasks" / "compfair_demo_perplexity.yaml"
     task.parent.mkdir(parents=True, exist_ok=True)
     # lm-eval's rolling log-likelihood gives word and byte perplexity on the demo's held-out text,
@@ -490,43 +477,6 @@ def _write_evaluation_data(plan: Plan) -> None:
         "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
         "metadata:\n  version: 1.0\n", encoding="utf-8")
-
-
-def train_demo_teacher(out: Path, corpus: Path, steps: int, block_size: int, seed: int = 0) -> dict:
-    """A tiny 12-block, 12-head GPT-2 (the paper's 144 heads) trained briefly, so it is a real teacher."""
-    import math
-
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
-    from compress.common import tiny_models
-    from compress.common.lm_data import DataArguments, build_lm_datasets
-
-    building = out.with_name(out.name + ".tmp")
-    if building.exists():
-        shutil.rmtree(building)
-    model, tokenizer = tiny_models.build_tiny_gpt2(building, n_layer=12, n_head=12, n_embd=48, seed=seed)
-    data = build_lm_datasets(DataArguments(train_file=str(corpus), block_size=block_size,
-                                           validation_split_percentage=10), tokenizer, seed=seed)
-    training = TrainingArguments(output_dir=str(building / "checkpoints"), max_steps=steps, learning_rate=3e-3,
-                                 per_device_train_batch_size=16, per_device_eval_batch_size=16, warmup_steps=0,
-                                 lr_scheduler_type="cosine", logging_steps=max(1, steps // 5), save_strategy="no",
-                                 eval_strategy="no", report_to=[], use_cpu=True, seed=seed, disable_tqdm=True)
-    trainer = Trainer(model=model, args=training, train_dataset=data["train"], eval_dataset=data["validation"],
-                      data_collator=default_data_collator)
-    result = trainer.train()
-    metrics = trainer.evaluate()
-    trainer.save_model(str(building))
-    tokenizer.save_pretrained(building)
-    shutil.rmtree(building / "checkpoints", ignore_errors=True)
-    record = {"model": "tiny GPT-2 (compress.common.tiny_models)", "n_layer": 12, "n_head": 12, "n_embd": 48,
-              "train_file": str(corpus), "steps": steps, "block_size": block_size, "train_loss": result.training_loss,
-              "eval_loss": metrics["eval_loss"], "perplexity": math.exp(metrics["eval_loss"]), "seed": seed}
-    write_json_atomically(building / "teacher.json", record)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(building, out)
-    log(f"teacher: validation perplexity {record['perplexity']:.1f} after {steps} steps")
-    return record
 
 
 def prompts_complete(plan: Plan) -> bool:
@@ -679,12 +629,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modern.add_argument("--teacher-blocks", type=int, default=None,
                         help="its block count (default: known for the preset's hub teachers, else from its config)")
     demo = parser.add_argument_group("demo (sizes of the embedded default)")
-    demo.add_argument("--teacher-steps", type=int, default=200)
+    demo.add_argument("--teacher-steps", type=int, default=300)
     demo.add_argument("--distill-steps", type=int, default=100)
     demo.add_argument("--prune-samples", type=_sizes, default=[8, 32], help="importance blocks per pruned model")
     demo.add_argument("--block-size", type=int, default=32)
     demo.add_argument("--rtp-prompts", type=int, default=16)
     demo.add_argument("--tccc-prompts", type=int, default=16)
+    demo.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                      help="CPU threads per step (default: every core; 1 on a busy machine)")
     demo.add_argument("--subprocess", action="store_true",
                       help="run each step in its own process, as reproduce does (default: all in this process)")
     args = parser.parse_args(argv)
@@ -706,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(plan.env)
         import torch
 
-        torch.set_num_threads(1)  # as DEMO_THREADS does for subprocesses
+        torch.set_num_threads(args.threads)  # as demo_threads does for subprocesses
     models = plan.models
     if args.models is not None:
         known = {m.name for m in plan.models}
