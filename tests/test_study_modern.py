@@ -115,7 +115,7 @@ def test_modern_demo_plan_is_the_same_preset_on_the_tiny_teacher():
     by_name = {m.name: m.build.argv for m in plan.models[1:]}
     assert by_name["distill_half"][3:5] == ["--student_layers", "6"]  # 12 blocks
     assert by_name["drop_angular_half"][3:5] == ["--num_blocks_to_drop", "6"]
-    for name in ("int4", "gptq_int4"):  # n_embd 48: groups of 16 inputs
+    for name in ("int4", "gptq_int4"):  # n_embd 96: six groups of 16 inputs
         assert by_name[name][-2:] == ["--group_size", "16"]
 
 
