@@ -4,11 +4,13 @@ The data are small hand-written fixtures in the official formats (WinoBias `{pro
 {dev,test}`, StereoSet's simplified JSON lines); the real files are used where present and skipped where absent.
 """
 
+import csv
 import json
 import math
 
 import pytest
 import torch
+from report_fixtures import write_lm_eval_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
@@ -20,6 +22,7 @@ from compress.pruning.bias_choice import choose_bias_pairs
 from compress.pruning.bias_objective import BiasObjective
 from compress.pruning.config import PruningConfig
 from compress.pruning.head_gates import HeadGates
+from compress.report import cli
 
 OCCUPATIONS = [("developer", "designer"), ("nurse", "patient"), ("mechanic", "customer"), ("secretary", "manager"),
                ("doctor", "receptionist"), ("teacher", "student"), ("lawyer", "clerk"), ("chief", "cook"),
@@ -272,3 +275,42 @@ def test_bias_targeted_run_lowers_the_bias_measure_more_than_the_loss_targeted_r
     config = _config(tmp_path, folder, train_file, **common)
     # (float32 sentence log-likelihoods of ~50 nats agree to ~1e-5)
     assert abs(_gap(pruned, tokenizer, choose_bias_pairs(config)[0])) == pytest.approx(end_bias, abs=5e-5)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def test_report_marks_models_evaluated_on_their_choosing_data(tmp_path):
+    wino = {"dataset": "winobias", "subsets": ["type1_dev", "type2_dev"], "pairs": 700}
+    stereo = {"dataset": "stereoset", "split": "intrasentence", "choosing_targets": ["nurse", "mother"], "pairs": 9}
+    records = {"teacher": None,
+               "by_loss": {"importance": "loss", "bias_data": {"sources": [wino]}},  # measured, not chosen, on dev
+               "by_winobias": {"importance": "bias", "bias_data": {"sources": [wino]}},
+               "by_stereoset": {"importance": "bias", "bias_data": {"sources": [stereo]}}}
+    tasks = {"compfair_winobias_type1_dev": {"anti_rate": [0.0, 100.0, 100.0]},
+             "compfair_winobias_type1_test": {"anti_rate": [100.0, 0.0, 0.0]},
+             "compfair_stereoset_intrasentence": {"stereotype_count": [1.0, 0.0, 1.0]}}
+    teacher = None
+    for name, extra in records.items():
+        folder = tmp_path / "models" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"n_layer": 2, "n_head": 4}))
+        if extra is not None:
+            (folder / "pruning.json").write_text(json.dumps({"model_name_or_path": teacher, "num_samples": 8,
+                                                             "heads_per_iteration": [8, 7], **extra}))
+        teacher = teacher or str(folder)
+        write_lm_eval_run(tmp_path / "eval" / name, str(folder), tasks, num_parameters=100)
+    out = tmp_path / "report"
+    assert cli.main([str(p) for p in sorted((tmp_path / "eval").iterdir())] + ["--out", str(out),
+                                                                                "--resamples", "200"]) == 0
+    with open(out / "summary.csv", newline="", encoding="utf-8") as handle:
+        rows = {row["model"]: row for row in csv.DictReader(handle)}
+    assert rows["by_winobias"]["evaluated_on_choosing_data"] == "compfair_winobias_type1_dev"
+    assert rows["by_stereoset"]["evaluated_on_choosing_data"] == "compfair_stereoset_intrasentence"
+    assert rows["by_loss"]["evaluated_on_choosing_data"] == rows["teacher"]["evaluated_on_choosing_data"] == ""
+    assert rows["by_winobias"]["head_importance"] == "bias" and rows["by_loss"]["head_importance"] == "loss"
+    assert "type1_dev+type2_dev" in rows["by_winobias"]["bias_chosen_on"]
+    markdown = (out / "summary.md").read_text()
+    notes = [line for line in markdown.splitlines() if line.startswith("- by_")]
+    assert len(notes) == 2 and "2 target terms" in next(n for n in notes if n.startswith("- by_stereoset"))
+    assert "| by_winobias † |" in markdown and "| by_loss |" in markdown
