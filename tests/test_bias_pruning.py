@@ -202,16 +202,25 @@ def test_stereoset_choosing_terms_are_held_out_and_an_evaluated_one_is_refused(b
     assert len(chosen) == 3 and len(held_out) == 3 and not set(chosen) & set(held_out)
     assert set(chosen) | set(held_out) == {"nurse", "mechanic", "mother", "engineer", "grandfather", "teacher"}
     assert {t.lower() for t in source.targets} == set(chosen) and len(source.favoured) == 6
-    # An evaluation file that scores one of the choosing terms (written in another case: identity is normalised).
-    term = chosen[0]
-    other = write_stereoset(tmp_path / "eval.jsonl", extra_rows=[{
-        "type": "intersentence", "target": f" {term.upper()} ", "bias_type": "profession", "context": "x.",
-        "stereotype": "a.", "anti-stereotype": "b.", "unrelated": "c."}])
+    # An evaluation file of the held-out terms is accepted; one that also scores a choosing term, written in
+    # another case and with spaces around it (identity is after normalisation), is refused.
+    def evaluation_file(name, terms):
+        rows = [{"type": "intersentence", "target": term, "bias_type": "profession", "context": f"{term} {i}.",
+                 "stereotype": f"a {i}.", "anti-stereotype": f"b {i}.", "unrelated": f"c {i}."}
+                for i, term in enumerate(terms)]
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    clean = _config(tmp_path, tiny_gpt2, train_file, importance="bias", bias_data=[str(bias_files["stereoset"])],
+                    bias_eval_data=[evaluation_file("clean.jsonl", held_out)], iterations=1)
+    assert choose_bias_pairs(clean)[0].description["evaluation"]["targets"] == 3
     leaky = _config(tmp_path, tiny_gpt2, train_file, importance="bias", bias_data=[str(bias_files["stereoset"])],
-                    bias_eval_data=[str(other)], iterations=1)
+                    bias_eval_data=[evaluation_file("leaky.jsonl", [*held_out, f" {chosen[0].upper()} "])],
+                    iterations=1)
     with pytest.raises(SystemExit) as excinfo:
         choose_bias_pairs(leaky)
-    assert "choosing target terms are also evaluated" in _error_line(excinfo)
+    assert "1 choosing target terms are also evaluated" in _error_line(excinfo)
 
 
 def test_real_winobias_dev_shares_sentences_with_test(shared_data, tmp_path, tiny_gpt2, train_file):
