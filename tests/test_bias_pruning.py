@@ -323,3 +323,9 @@ def test_report_marks_models_evaluated_on_their_choosing_data(tmp_path):
     notes = [line for line in markdown.splitlines() if line.startswith("- by_")]
     assert len(notes) == 2 and "2 target terms" in next(n for n in notes if n.startswith("- by_stereoset"))
     assert "| by_winobias † |" in markdown and "| by_loss |" in markdown
+
+
+def test_bias_importance_without_bias_data_is_a_one_line_error(tmp_path, tiny_gpt2, train_file):
+    with pytest.raises(SystemExit) as excinfo:
+        _config(tmp_path, tiny_gpt2, train_file, importance="bias", iterations=1)
+    assert "importance bias needs bias_data" in _error_line(excinfo)
