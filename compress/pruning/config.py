@@ -35,6 +35,29 @@ class PruningConfig(TrainingArguments):
         default=None, metadata={"help": "Stop, undoing the last iteration, when validation perplexity exceeds this."})
     normalize_importance: bool = field(
         default=True, metadata={"help": "L2-normalise importance within each layer (Michel et al.)."})
+    importance: str = field(
+        default="loss", metadata={"help": "What head importance measures: loss (Michel et al.: |dL/d gate|) or "
+                                          "bias (FASP-style: the heads whose removal lowers the bias measure on "
+                                          "bias_data most, to first order, go first; compress/pruning/"
+                                          "bias_objective.py). With max_perplexity as the bound on the damage."})
+    bias_data: list[str] | None = field(
+        default=None, metadata={"help": "Bias data heads are chosen on (importance bias) or measured on (loss): "
+                                        "WinoBias folders (the official files; the bias_split pairs) and/or "
+                                        "StereoSet files (a held-out share of the target terms)."})
+    bias_eval_data: list[str] | None = field(
+        default=None, metadata={"help": "What the model will be evaluated on, one WinoBias folder and/or one "
+                                        "StereoSet file; checked disjoint from the choosing data. Default: the "
+                                        "bias_data sources themselves (their other split / other terms)."})
+    bias_split: str = field(
+        default="dev", metadata={"help": "WinoBias split heads are chosen on; dev (test is what is evaluated)."})
+    bias_target_fraction: float = field(
+        default=0.5, metadata={"help": "Share of StereoSet target terms heads are chosen on (seeded by seed); "
+                                       "the others are held out for evaluation."})
+    bias_overlap: str = field(
+        default="leave_out", metadata={"help": "A choosing pair sharing a sentence with the evaluation data: "
+                                               "leave_out (listed in pruning.json) or refuse."})
+    bias_max_pairs: int | None = field(
+        default=None, metadata={"help": "Use at most this many choosing pairs per source (a seeded sample)."})
     save_compact: bool = field(
         default=True, metadata={"help": "Also save the compact form (per-layer head counts) in output_dir/compact."})
     measure_speedup: bool = field(
@@ -68,11 +91,28 @@ class PruningConfig(TrainingArguments):
             raise ValueError(f"target_heads must be at least 1, got {self.target_heads}")
         if self.max_perplexity is not None and self.max_perplexity <= 1:
             raise ValueError(f"max_perplexity must be above 1, got {self.max_perplexity}")
+        if self.importance not in ("loss", "bias"):
+            raise ValueError(f"importance must be loss or bias, got {self.importance!r}")
+        if self.importance == "bias" and not self.bias_data:
+            raise ValueError("importance bias needs bias_data (a WinoBias folder or a StereoSet file)")
+        if self.bias_overlap not in ("leave_out", "refuse"):
+            raise ValueError(f"bias_overlap must be leave_out or refuse, got {self.bias_overlap!r}")
+        if not 0 < self.bias_target_fraction < 1:
+            raise ValueError(f"bias_target_fraction must be in (0, 1), got {self.bias_target_fraction}")
+        if self.bias_max_pairs is not None and self.bias_max_pairs < 1:
+            raise ValueError(f"bias_max_pairs must be at least 1, got {self.bias_max_pairs}")
         super().__post_init__()
 
     def fingerprint(self) -> dict:
-        """The settings that decide which heads get pruned: a resumed run must match them."""
-        return {"model_name_or_path": self.model_name_or_path, "num_samples": self.num_samples,
-                "prune_fraction": self.prune_fraction, "target_heads": self.target_heads,
-                "max_perplexity": self.max_perplexity, "normalize_importance": self.normalize_importance,
-                "seed": self.seed, "unit": self.unit}
+        """The settings that decide which heads get pruned: a resumed run must match them. (The bias settings
+        join only when used, so a loss-only run started before they existed still resumes.)"""
+        settings = {"model_name_or_path": self.model_name_or_path, "num_samples": self.num_samples,
+                    "prune_fraction": self.prune_fraction, "target_heads": self.target_heads,
+                    "max_perplexity": self.max_perplexity, "normalize_importance": self.normalize_importance,
+                    "seed": self.seed, "unit": self.unit}
+        if self.importance != "loss" or self.bias_data:
+            settings.update(importance=self.importance, bias_data=self.bias_data,
+                            bias_eval_data=self.bias_eval_data, bias_split=self.bias_split,
+                            bias_target_fraction=self.bias_target_fraction, bias_overlap=self.bias_overlap,
+                            bias_max_pairs=self.bias_max_pairs)
+        return settings

@@ -119,7 +119,8 @@ class HeadGates:
 def sequence_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence: the sum of next-token cross-entropies and the number of predicted tokens (-100 skipped)."""
     targets = labels[..., 1:]
-    losses = F.cross_entropy(logits[..., :-1, :].transpose(1, 2).float(), targets, ignore_index=-100,
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # at least float32; float64 stays float64
+    losses = F.cross_entropy(logits[..., :-1, :].transpose(1, 2).to(dtype), targets, ignore_index=-100,
                              reduction="none")
     return losses.sum(dim=-1), (targets != -100).sum(dim=-1)
 
@@ -131,7 +132,7 @@ def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
 
 @contextmanager
-def _frozen_parameters(model):
+def frozen_parameters(model):
     """Only the gates need gradients: freezing the weights skips their gradient computation."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
@@ -167,7 +168,7 @@ def accumulate_gate_gradients(model, gates: HeadGates, batches: Iterable[dict],
     device = gates.values.device
     autocast = autocast or _no_autocast
     try:
-        with _frozen_parameters(model):
+        with frozen_parameters(model):
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels", batch["input_ids"])

@@ -17,6 +17,11 @@ LoRA recovery fine-tuning merged back into the weights, and the model is saved t
 whose pruned heads are zeros (output_dir) and the compact form (output_dir/compact). Query heads pruned
 inside KV groups have no compact form; then only the portable form is saved. `pruning.json`
 records every iteration. Progress is saved after each iteration, so an interrupted run resumes.
+
+With `importance: bias` step 1 scores units by the gate gradient of a bias measure on `bias_data` instead
+(`compress.pruning.bias_objective`; the choosing data is kept apart from the evaluation data by
+`compress.pruning.bias_choice`); `max_perplexity` bounds the damage. Whenever a bias objective is given (also
+to a loss-targeted run, to compare) pruning.json records its measures at every iteration.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from compress.common.atomic_files import write_json_atomically
 from compress.models.attention import compact_possible, head_shape, kept_kv_heads
 from compress.models.students import count_parameters
+from compress.pruning.bias_objective import BiasObjective
 from compress.pruning.config import PruningConfig
 from compress.pruning.head_gates import (
     HeadGates,
@@ -70,11 +76,15 @@ class HeadPruningTrainer(Trainer):
 
     `importance_dataset` holds the blocks importance is estimated on, `eval_dataset` the blocks
     perplexity is measured on, `train_dataset` (optional) the blocks LoRA recovery trains on.
-    `data_description` (a dict) is copied into pruning.json.
+    `data_description` (a dict) is copied into pruning.json. `bias_objective` (a `BiasObjective`) is needed by
+    `importance: bias` and measured at every iteration whenever it is given.
     """
 
     def __init__(self, model, args: PruningConfig, importance_dataset, eval_dataset, train_dataset=None,
-                 processing_class=None, data_collator=None, data_description: dict | None = None, **kwargs):
+                 processing_class=None, data_collator=None, data_description: dict | None = None,
+                 bias_objective: BiasObjective | None = None, **kwargs):
+        if args.importance == "bias" and bias_objective is None:
+            raise SystemExit("error: importance bias needs a bias objective (bias_data)")
         check_supported(model.config, args.unit)
         self.compact = compact_possible(model.config, args.unit)
         if args.lora_recovery and not self.compact:
@@ -84,6 +94,7 @@ class HeadPruningTrainer(Trainer):
                          processing_class=processing_class, data_collator=data_collator or default_data_collator,
                          **kwargs)
         self.importance_dataset = importance_dataset
+        self.bias_objective = bias_objective
         self.data_description = dict(data_description or {})
         self.gates = HeadGates(self.model, args.unit)
         self.shape = head_shape(self.model.config)
@@ -108,7 +119,11 @@ class HeadPruningTrainer(Trainer):
                           num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
 
     def compute_head_importance(self, description: str = "head importance") -> torch.Tensor:
-        """Importance of every head with the current mask, summed over all processes' shares."""
+        """Importance of every head with the current mask: the loss objective's, summed over all processes'
+        shares, or the bias objective's (every process scores all the bias pairs)."""
+        if self.args.importance == "bias":
+            importance, _ = self.bias_objective.importance(self.model, self.gates, autocast=self.accelerator.autocast)
+            return importance.to(self.gates.values)
         loader = self._progress(self.importance_dataloader(), description)
         gradient_sum, tokens = accumulate_gate_gradients(self.model, self.gates, loader,
                                                          autocast=self.accelerator.autocast)
@@ -139,6 +154,12 @@ class HeadPruningTrainer(Trainer):
         perplexity = math.exp(min(loss, 700.0))  # exp overflows past ~709
         self.log({"eval_loss": loss, "eval_perplexity": perplexity, "eval_heads": int(self.heads_left())})
         return perplexity
+
+    def bias_measures(self) -> dict | None:
+        """The bias objective's measures with the current mask (None without one)."""
+        if self.bias_objective is None:
+            return None
+        return self.bias_objective.measures(self.model, self.gates, autocast=self.accelerator.autocast)
 
     def heads_left(self) -> int:
         """Query heads still computing."""
@@ -182,6 +203,12 @@ class HeadPruningTrainer(Trainer):
             "importance_per_iteration": [None],
             "perplexity_per_iteration": [self.perplexity()],
         }
+        self.record["importance"] = self.args.importance
+        if self.bias_objective is not None:
+            self.record["bias_data"] = {"objective": "sum over sources of |gap|", "overlap_policy":
+                                        self.args.bias_overlap,
+                                        "sources": [s.description for s in self.bias_objective.sources]}
+            self.record["bias_measure_per_iteration"] = [self.bias_measures()]
 
     def _counts(self, mask) -> dict:
         """The first entries of the per-iteration counts for `mask` (units, query heads, KV heads)."""
@@ -242,6 +269,10 @@ class HeadPruningTrainer(Trainer):
                 self.gates.set_mask(previous)
                 self.record["rejected_iteration"] = {"heads": int(mask.sum()), "perplexity": perplexity,
                                                      "pruned_heads": [list(h) for h in chosen]}
+                if self.bias_objective is not None:
+                    self.gates.set_mask(mask)
+                    self.record["rejected_iteration"]["bias_measure"] = self.bias_measures()
+                    self.gates.set_mask(previous)
                 stop = f"max_perplexity: iteration {done + 1} reached {perplexity:.3f} and was undone"
                 break
             self._append_iteration(mask, chosen, importance, perplexity)
@@ -262,6 +293,8 @@ class HeadPruningTrainer(Trainer):
         record["pruned_units_per_iteration"].append([list(u) for u in chosen])
         record["importance_per_iteration"].append(importance.cpu().tolist())
         record["perplexity_per_iteration"].append(perplexity)
+        if self.bias_objective is not None:
+            record["bias_measure_per_iteration"].append(self.bias_measures())
         self._save_progress()
 
     def _make_compact(self) -> None:

@@ -35,7 +35,7 @@ from compress.report.correlations import Correlation, size_correlations
 from compress.report.estimates import Estimate, estimate_metrics, stereoset_overall
 from compress.report.flips import Flips, item_flips
 from compress.report.length_control import LengthAdjusted, LengthBin, length_control
-from compress.report.models import METHOD_ORDER, ModelInfo, describe_model, resolve_baselines
+from compress.report.models import METHOD_ORDER, ModelInfo, describe_model, mark_bias_leakage, resolve_baselines
 from compress.report.perplexity_matching import MatchedRow, choose_perplexity, perplexity_matched
 from compress.report.results import ModelRun, find_model_runs
 from compress.report.scorer_agreement import Agreement, Ranking, scorer_agreement, tccc_flags
@@ -82,6 +82,7 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
         if infos[name].method == "original":
             infos[name].method = "distillation"
     resolve_baselines(infos, runs, dict(compare or {}), notes)
+    mark_bias_leakage(infos, runs, notes)
     estimates, groups = estimate_metrics(runs, resamples, seed, notes)
     estimates += stereoset_overall(runs, resamples, seed, notes)
     comparisons = compare_with_baselines(runs, infos, groups, resamples, seed, notes)

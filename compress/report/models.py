@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.bias import overlap
 from compress.report.results import ModelRun
 
 METHOD_ORDER = {"original": 0, "distillation": 1, "head pruning": 2, "layer dropping": 3, "quantization": 4,
@@ -30,6 +31,9 @@ class ModelInfo:
     perplexity_source: str | None = None
     trainer_perplexity: float | None = None
     prune_subset: int | None = None
+    head_importance: str | None = None  # head pruning: loss (Michel et al.) or bias (pruning.json `importance`)
+    bias_data: dict | None = None  # pruning.json `bias_data`: what heads were chosen (or measured) on
+    leaky_tasks: dict[str, str] = field(default_factory=dict)  # evaluated tasks overlapping the choosing data
     heads_per_iteration: list = field(default_factory=list)
     perplexity_per_iteration: list = field(default_factory=list)
     # post-training quantization / sparsity (quantization.json, sparsity.json)
@@ -60,7 +64,8 @@ class ModelInfo:
         if self.method == "distillation" and self.init:
             return f"{self.name} ({self.blocks} blocks, {self.init} init)"
         if self.method == "head pruning":
-            return f"{self.name} (pruned to {self.heads} heads)"
+            by = " by bias" if self.head_importance == "bias" else ""
+            return f"{self.name} (pruned to {self.heads} heads{by})"
         if self.method in ("quantization", "sparsity"):
             return f"{self.name} ({self.compression})"
         if self.method == "layer dropping" and self.blocks:
@@ -125,6 +130,8 @@ def describe_model(run: ModelRun) -> ModelInfo:
         if isinstance(counts, dict) and counts.get("pruned"):
             info.parameters = counts["pruned"]
         info.prune_subset = record.get("num_samples")
+        info.head_importance = record.get("importance", "loss")
+        info.bias_data = record.get("bias_data")
         info.baseline = record.get("model_name_or_path")
         info.baseline_source = "pruning.json"
     elif run.quantization or run.sparsity:
@@ -140,6 +147,33 @@ def describe_model(run: ModelRun) -> ModelInfo:
         info.baseline = record.get("model_name_or_path")
         info.baseline_source = "layer_dropping.json"
     return info
+
+
+def bias_chosen_on(info: ModelInfo) -> str | None:
+    """What a bias-targeted model's heads were chosen on, in a few words."""
+    if info.head_importance != "bias" or not info.bias_data:
+        return None
+    parts = []
+    for source in info.bias_data.get("sources") or []:
+        if source.get("dataset") == "winobias":
+            parts.append(f"WinoBias {'+'.join(source.get('subsets') or [])} ({source.get('pairs')} pairs)")
+        elif source.get("dataset") == "stereoset":
+            parts.append(f"StereoSet {source.get('split')} of {len(source.get('choosing_targets') or [])} target "
+                         f"terms ({source.get('pairs')} examples)")
+    return "; ".join(parts) or None
+
+
+def mark_bias_leakage(infos: dict[str, ModelInfo], runs: dict[str, ModelRun], notes: list[str]) -> None:
+    """Mark each bias-targeted model evaluated on data its heads were chosen on (`compress.bias.overlap`)."""
+    for name, info in infos.items():
+        if info.head_importance != "bias":
+            continue
+        info.leaky_tasks = overlap.leaky_tasks(info.bias_data, runs[name].tasks)
+        if info.leaky_tasks:
+            why = sorted(set(info.leaky_tasks.values()))
+            notes.append(f"{name} (†): its heads were chosen on bias data that {', '.join(sorted(info.leaky_tasks))} "
+                         f"also evaluate ({'; '.join(why)}); those numbers measure the choice itself, not how "
+                         "the pruning generalises")
 
 
 def _describe_post_training(info: ModelInfo, record: dict, method: str) -> None:

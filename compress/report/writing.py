@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from compress.common.atomic_files import write_atomically
 from compress.report import flips as item_flips
 from compress.report import length_control, scorer_agreement, significance
+from compress.report.models import ModelInfo, bias_chosen_on
 
 if TYPE_CHECKING:
     from compress.report.build import Report
@@ -42,7 +43,9 @@ MODEL_COLUMNS = ["model", "method", "baseline", "init", "blocks", "heads", "para
                  "perplexity_source", "trainer_perplexity", "prune_subset", "pretrained", "results_files",
                  # post-training quantization / sparsity
                  "compression", "bits", "group_size", "sparsity", "pattern", "format", "linear_weight_bytes",
-                 "baseline_linear_weight_bytes", "model_files_bytes", "baseline_model_files_bytes"]
+                 "baseline_linear_weight_bytes", "model_files_bytes", "baseline_model_files_bytes",
+                 # head pruning's objective; a bias-targeted model's choosing data and the tasks that overlap it
+                 "head_importance", "bias_chosen_on", "evaluated_on_choosing_data"]
 
 
 def summary_table(report: Report) -> tuple[list[str], list[list]]:
@@ -59,7 +62,8 @@ def summary_table(report: Report) -> tuple[list[str], list[list]]:
                ";".join(str(p) for p in run.results_files + run.record_files),
                info.compression or None, info.bits, info.group_size, info.sparsity, info.pattern,
                info.checkpoint_format, info.linear_weight_bytes, info.baseline_linear_weight_bytes,
-               info.model_files_bytes, info.baseline_model_files_bytes]
+               info.model_files_bytes, info.baseline_model_files_bytes, info.head_importance,
+               bias_chosen_on(info), ";".join(sorted(info.leaky_tasks)) or None]
         for column in columns:
             e = by_key.get((info.name, column))
             row += [e.value, e.low, e.high] if e else [None, None, None]
@@ -107,6 +111,14 @@ def post_training_lines(report: Report) -> list[str]:
     return lines
 
 
+def _method_words(info: ModelInfo) -> str:
+    if info.init:
+        return f"{info.method} ({info.init} init)"
+    if info.head_importance == "bias":
+        return f"{info.method} (by bias: {bias_chosen_on(info)})"
+    return info.method
+
+
 def summary_markdown(report: Report, plots: list[Path]) -> str:
     correction = significance.CORRECTION_NAMES[report.correction]
     lines = ["# compfair report", "",
@@ -116,7 +128,7 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
              f"p-values are corrected with {correction} over all {len(report.comparisons)} comparisons; "
              f"significant means corrected p < {report.alpha}.", "", "## Models", ""]
     lines += _md_table(["model", "method", "baseline", "blocks", "heads", "parameters", "perplexity"], [
-        [i.name, i.method + (f" ({i.init} init)" if i.init else ""), i.baseline or "–", _fmt(i.blocks),
+        [i.name + (" †" if i.leaky_tasks else ""), _method_words(i), i.baseline or "–", _fmt(i.blocks),
          _fmt(i.heads), _fmt(i.parameters), _fmt(i.perplexity) + (f" ({i.perplexity_source})" if i.perplexity else "")]
         for i in report.models])
 
