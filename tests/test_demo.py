@@ -21,8 +21,9 @@ from compress.study import runner as study
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODELS = ("teacher", "A", "Dnot", "pruned_8")
-SCALED_DOWN = ["--teacher-steps", "30", "--distill-steps", "5", "--prune-samples", "8", "--rtp-prompts", "6",
-               "--tccc-prompts", "6", "--resamples", "400", "--models", ",".join(DEMO_MODELS)]
+# One thread: on a busy machine (a test run beside other work) torch's two-thread steps wait on each other.
+SCALED_DOWN = ["--threads", "1", "--teacher-steps", "30", "--distill-steps", "5", "--prune-samples", "8",
+               "--rtp-prompts", "6", "--tccc-prompts", "6", "--resamples", "400", "--models", ",".join(DEMO_MODELS)]
 
 
 def _study(runs: Path, *extra: str) -> subprocess.CompletedProcess:

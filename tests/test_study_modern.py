@@ -154,8 +154,8 @@ def test_modern_demo_runs_and_compares_every_model_with_the_teacher(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "compress.study", "demo", "--study", "modern", "--runs", str(tmp_path),
-         "--teacher-steps", "30", "--distill-steps", "5", "--prune-samples", "8", "--rtp-prompts", "6",
-         "--tccc-prompts", "6", "--resamples", "200", "--models", ",".join(DEMO_MODELS)],
+         "--threads", "1", "--teacher-steps", "30", "--distill-steps", "5", "--prune-samples", "8",
+         "--rtp-prompts", "6", "--tccc-prompts", "6", "--resamples", "200", "--models", ",".join(DEMO_MODELS)],
         cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = {row["model"]: row for row in _rows(tmp_path / "report" / "summary.csv")}
