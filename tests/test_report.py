@@ -417,6 +417,38 @@ def test_a_dropped_model_is_described_by_its_layer_dropping_record(tmp_path):
     assert info.label == "dropped (6 blocks, dropped)" and models["teacher"].method == "original"
 
 
+def test_a_dropped_model_is_also_compared_with_the_student_of_its_depth(tmp_path):
+    """Layer dropping is the control for distillation to the same depth: the report pairs a dropped model with
+    each distilled student of the same teacher and block count (and with no other student)."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 12, "n_head": 12}))
+    folders = {"teacher": teacher}
+    for name, blocks, record in (
+            ("dropped", 6, ("layer_dropping.json", {"model_name_or_path": str(teacher), "method": "block_influence",
+                                                    "num_blocks": {"before": 12, "after": 6}})),
+            ("student6", 6, ("distillation.json", {"teacher": str(teacher), "student_layers": 6})),
+            ("student4", 4, ("distillation.json", {"teacher": str(teacher), "student_layers": 4}))):
+        folder = folders[name] = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": blocks, "n_head": 12}))
+        (folder / record[0]).write_text(json.dumps(record[1]))
+    rng = random.Random(0)
+    scores = {name: [rng.uniform(0, 1) for _ in range(40)] for name in folders}
+    scores["dropped"] = [s + 0.5 for s in scores["student6"]]  # every document higher than the student's
+    dirs = []
+    for name, folder in folders.items():
+        write_lm_eval_run(tmp_path / "eval" / name, str(folder), {"t": {"toxicity_mean": scores[name]}})
+        dirs.append(tmp_path / "eval" / name)
+    report = rep.build_report(dirs, resamples=200)
+    pairs = {(c.model, c.baseline) for c in report.comparisons}
+    assert pairs == {("dropped", "teacher"), ("student6", "teacher"), ("student4", "teacher"),
+                     ("dropped", "student6")}
+    (control,) = [c for c in report.comparisons if (c.model, c.baseline) == ("dropped", "student6")]
+    assert control.diff == pytest.approx(0.5) and control.value == pytest.approx(sum(scores["dropped"]) / 40)
+    assert control.significant
+
+
 def test_model_families_stay_apart_in_size_correlations_and_the_perplexity_line(study, tmp_path):
     """An unrelated original model (no record: made from nothing here) beside the teacher's lineage: by default
     neither the size correlations nor the perplexity-matched line mix it in; --mix-families and --reference do."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress.report import significance
-from compress.report.comparisons import Comparison, apply_correction, compare_with_baselines
+from compress.report.comparisons import Comparison, apply_correction, baseline_pairs, compare_with_baselines
 from compress.report.correlations import Correlation, size_correlations
 from compress.report.estimates import Estimate, estimate_metrics, stereoset_overall
 from compress.report.flips import Flips, item_flips
@@ -102,11 +102,11 @@ def build_report(results_dirs: list[str | Path], compare: dict[str, str] | None 
                          "--correction bh")
     report = Report(order, estimates, comparisons, correlations, matched, notes, correction, alpha,
                     effective_resamples, runs)
-    report.flips = item_flips(runs, [(name, info.baseline) for name, info in infos.items() if info.baseline])
+    pairs = baseline_pairs(infos)
+    report.flips = item_flips(runs, pairs)
     report.scorer_rankings, report.scorer_agreement = scorer_agreement(runs, seed=seed)
     report.scorer_flags = tccc_flags(runs)
-    report.length_bins, report.length_adjusted = length_control(
-        runs, [(name, info.baseline) for name, info in infos.items() if info.baseline], seed=seed)
+    report.length_bins, report.length_adjusted = length_control(runs, pairs, seed=seed)
     return report
 
 

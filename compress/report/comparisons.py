@@ -31,10 +31,26 @@ class Comparison:
     significant: bool = False
 
 
+def baseline_pairs(infos: dict[str, ModelInfo]) -> list[tuple[str, str]]:
+    """(model, baseline) for every model with one, then each depth control."""
+    return [(name, info.baseline) for name, info in infos.items() if info.baseline] + depth_controls(infos)
+
+
+def depth_controls(infos: dict[str, ModelInfo]) -> list[tuple[str, str]]:
+    """(dropped, student): each layer-dropped model against a distilled student of the same teacher and depth.
+
+    Dropping blocks without training is the natural control for distillation to the same depth: the two models
+    have the same shape and the same origin, so their difference is what the training bought (or cost).
+    """
+    return [(name, student) for name, info in infos.items() if info.method == "layer dropping" and info.baseline
+            for student, other in infos.items() if other.method == "distillation"
+            and other.baseline == info.baseline and other.blocks == info.blocks]
+
+
 def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo], groups: list[MetricGroup],
                            resamples: int | None, seed: int, notes: list[str]) -> list[Comparison]:
     comparisons = []
-    pairs = [(name, info.baseline) for name, info in infos.items() if info.baseline]
+    pairs = baseline_pairs(infos)
     for name, baseline in tqdm(pairs, desc="paired tests", unit="model", disable=None):
         for group in groups:
             mine = doc_values(runs[name], group.task, group.source, group.filter)
