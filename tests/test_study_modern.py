@@ -171,6 +171,9 @@ def test_modern_demo_runs_and_compares_every_model_with_the_teacher(tmp_path):
     assert (rows["teacher"]["blocks"], rows["distill_half"]["blocks"], rows["drop_angular_half"]["blocks"]) == \
         ("12", "6", "6")
     assert rows["prune_5pct_x3"]["heads"] == "122"
-    compared = {r["model"] for r in _rows(tmp_path / "report" / "comparisons.csv")}
-    assert compared == set(DEMO_MODELS[1:])
+    comparisons = _rows(tmp_path / "report" / "comparisons.csv")
+    assert {r["model"] for r in comparisons} == set(DEMO_MODELS[1:])
+    # the dropped model also against the student of its depth: the control layer dropping is for
+    assert {(r["model"], r["baseline"]) for r in comparisons} == {
+        *((name, "teacher") for name in DEMO_MODELS[1:]), ("drop_angular_half", "distill_half")}
     assert "drop layers of drop_angular_half (1 of 1)" in result.stderr
