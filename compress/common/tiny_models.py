@@ -56,14 +56,21 @@ def corpus_lines() -> list[str]:
 
 
 def build_tokenizer(out_dir: str | Path, vocab_size: int = 600):
-    """Train a byte-level BPE tokenizer (GPT-2 style) and save it as a GPT2TokenizerFast."""
+    """Train a byte-level BPE tokenizer (GPT-2 style) on the embedded corpus and save it as a GPT2TokenizerFast."""
+    return train_bpe_tokenizer(corpus_lines() * 4, vocab_size, out_dir, min_frequency=1, model_max_length=128)
+
+
+def train_bpe_tokenizer(lines, vocab_size: int, out_dir: str | Path, min_frequency: int = 2,
+                        model_max_length: int = 128):
+    """A byte-level BPE tokenizer (GPT-2's kind, one special token for BOS/EOS/UNK) trained on `lines`, saved."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2TokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus_lines() * 4, vocab_size=vocab_size, min_frequency=1, special_tokens=[SPECIAL_TOKEN])
+    bpe.train_from_iterator(lines, vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=[SPECIAL_TOKEN], show_progress=False)
     tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=SPECIAL_TOKEN, eos_token=SPECIAL_TOKEN,
-                            unk_token=SPECIAL_TOKEN, model_max_length=128)
+                            unk_token=SPECIAL_TOKEN, model_max_length=model_max_length)
     tok.save_pretrained(out_dir)
     return tok
 

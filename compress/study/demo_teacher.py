@@ -61,22 +61,6 @@ def split_articles(text: str, heldout_share: float = HELDOUT_SHARE) -> tuple[lis
     return [line for line in keep[:cut] if line], [line for line in keep[cut:] if line]
 
 
-def train_tokenizer(paragraphs: list[str], vocab_size: int, out_dir: Path):
-    """A byte-level BPE tokenizer (GPT-2's kind) trained on the training paragraphs only."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2TokenizerFast
-
-    from compress.common.tiny_models import SPECIAL_TOKEN
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(paragraphs, vocab_size=vocab_size, min_frequency=2, special_tokens=[SPECIAL_TOKEN],
-                            show_progress=False)
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=SPECIAL_TOKEN,
-                                  eos_token=SPECIAL_TOKEN, unk_token=SPECIAL_TOKEN)
-    tokenizer.save_pretrained(out_dir)
-    return tokenizer
-
-
 def unigram_perplexity(train_ids: list[list[int]], heldout_blocks: list[list[int]], vocab_size: int) -> float:
     """Perplexity of add-one smoothed unigram frequencies of the training tokens, on the tokens the language
     model predicts in the held-out blocks (every token but each block's first)."""
@@ -108,6 +92,7 @@ def train_demo_teacher(out: Path, corpus: Path, heldout_file: Path, recipe: Teac
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments, default_data_collator
 
+    from compress.common import tiny_models
     from compress.common.lm_data import DataArguments, build_lm_datasets
 
     train = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -115,8 +100,8 @@ def train_demo_teacher(out: Path, corpus: Path, heldout_file: Path, recipe: Teac
     if building.exists():
         shutil.rmtree(building)
     building.mkdir(parents=True)
-    tokenizer = train_tokenizer(train, recipe.vocab_size, building)
-    tokenizer.model_max_length = recipe.block_size
+    # trained on the training paragraphs only, as the model is
+    tokenizer = tiny_models.train_bpe_tokenizer(train, recipe.vocab_size, building, model_max_length=recipe.block_size)
     data = build_lm_datasets(DataArguments(train_file=str(corpus), validation_file=str(heldout_file),
                                            block_size=recipe.block_size), tokenizer, seed=recipe.seed)
     torch.manual_seed(recipe.seed)
