@@ -50,8 +50,11 @@ def test_fused_loss_and_gradients_equal_autograd_on_the_full_logits(with_teacher
                                                     2.0, 0.3, 0.7)
     expected_grads = torch.autograd.grad(expected * 1.5, (hidden, weight))
     assert expected_ce > 0 and (expected_kd > 0) == with_teacher
-    # Chunks of one row, chunks that end mid-sequence, one chunk larger than the batch, the default.
-    for chunk in (1, 4, 5, 33, 1000, None):
+    # Chunks of one row, chunks that end mid-sequence, one chunk larger than the batch, the default; with 13 and
+    # 20 the last, shorter chunk holds positions that count (rows 26-27, 20-27), so the reused chunk buffers
+    # must hold its own rows, not the previous chunk's.
+    assert valid.reshape(-1)[26:].any() and valid.reshape(-1)[20:].any()
+    for chunk in (1, 4, 5, 13, 20, 33, 1000, None):
         loss, kd, ce = fused_distillation_loss(hidden, weight, teacher_hidden, teacher_weight, targets, valid, 2.0,
                                                0.3, 0.7, chunk)
         grads = torch.autograd.grad(loss * 1.5, (hidden, weight))  # 1.5: the incoming gradient is applied
