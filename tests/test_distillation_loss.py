@@ -116,6 +116,7 @@ def test_evaluation_loss_is_the_students_cross_entropy(models, tmp_path):
 
 def test_compute_metrics_gets_the_students_logits_and_loss_only_evaluation_makes_none(models, tmp_path):
     teacher, student = models
+    student = copy.deepcopy(student)  # evaluate() prepares the model it is given
     vocab = teacher.config.vocab_size
     batch = _batch(vocab, seed=2)
     examples = [{key: value[i] for key, value in batch.items()} for i in range(3)]
