@@ -13,7 +13,9 @@ Goals (issue 15): distillation step peak memory <= (student step peak + teacher 
 no tensor of the batch's logits size in it; step time <= (student step + teacher forward) * 1.10. Each
 workload runs in a fresh process; `--repeats` rounds run the three workloads interleaved (student,
 distillation, teacher, then again), so load from other jobs falls on all of them alike; each time is the
-fastest over all rounds (the `*_runs_s` fields list every round's), each peak the largest. Peak memory is
+fastest over all rounds (the `*_runs_s` fields list every round's, `step_time_ratio_per_round` each
+round's ratio), each peak the largest. `*_cpu_s` are the processes' CPU times (all threads) of the same
+steps: less sensitive than wall time to other jobs taking the cores. Peak memory is
 above the level at which training starts (model, teacher and data loaded; the optimiser state, made in the
 first step, counts): CUDA `max_memory_allocated`, CPU the resident-set high-water mark (reset through
 /proc/self/clear_refs). A round's time is the fastest of its `--steps` steps after `--warmup`. Prints one
@@ -144,6 +146,7 @@ def trainer_step_worker(args, distill: bool) -> dict:
     steps = args.warmup + args.steps + 1
     memory = Memory(device)
     times: list[float] = []
+    cpu_times: list[float] = []
     census = _LargestTensor()
 
     class Timing(TrainerCallback):
@@ -154,12 +157,13 @@ def trainer_step_worker(args, distill: bool) -> dict:
             if state.global_step == args.warmup:
                 memory.reset_peak()
             _sync(device)
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, _args, state, *_, **__):
             _sync(device)
             if args.warmup < state.global_step <= args.warmup + args.steps:
                 times.append(time.perf_counter() - self.start)
+                cpu_times.append(time.process_time() - self.cpu_start)
                 memory.record_peak()
 
     class Census:
@@ -186,7 +190,8 @@ def trainer_step_worker(args, distill: bool) -> dict:
                                     train_dataset=data, data_collator=default_data_collator, callbacks=[Timing()])
         trainer.remove_callback(PrinterCallback)  # stdout keeps only the JSON line
         trainer.train()
-    return {"seconds": min(times), "peak_mb": memory.mb, "largest_tensor_mb": census.bytes / 2**20}
+    return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mb": memory.mb,
+            "largest_tensor_mb": census.bytes / 2**20}
 
 
 def teacher_forward_worker(args) -> dict:
@@ -197,26 +202,28 @@ def teacher_forward_worker(args) -> dict:
     batch = {key: torch.stack([e[key] for e in _examples(args, args.batch_size)]).to(device)
              for key in ("input_ids", "attention_mask")}
     memory = Memory(device)
-    times = []
+    times, cpu_times = [], []
     memory.set_baseline()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             memory.reset_peak()
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             teacher.get_decoder()(**batch)
         _sync(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             memory.record_peak()
-    return {"seconds": min(times), "peak_mb": memory.mb}
+    return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mb": memory.mb}
 
 
 def _fastest(runs: list[dict]) -> dict:
     """The fastest time and the largest peak (and largest tensor) of one workload's rounds, and every time."""
     merged = {key: max(run[key] for run in runs) for key in runs[0]}
     merged["seconds"] = min(run["seconds"] for run in runs)
+    merged["cpu_seconds"] = min(run["cpu_seconds"] for run in runs)
     merged["runs"] = [round(run["seconds"], 3) for run in runs]
     return merged
 
@@ -277,6 +284,11 @@ def main(argv=None):
         "teacher_forward_runs_s": teacher["runs"],
         "distill_step_runs_s": distill["runs"],
         "step_time_ratio": round(distill["seconds"] / time_budget, 3),
+        "step_time_ratio_per_round": [round(d["seconds"] / (s["seconds"] + t["seconds"]), 3) for s, d, t in rounds],
+        "student_step_cpu_s": round(student["cpu_seconds"], 3),
+        "teacher_forward_cpu_s": round(teacher["cpu_seconds"], 3),
+        "distill_step_cpu_s": round(distill["cpu_seconds"], 3),
+        "step_cpu_time_ratio": round(distill["cpu_seconds"] / (student["cpu_seconds"] + teacher["cpu_seconds"]), 3),
         "step_time_goal_met": distill["seconds"] <= GOAL_RATIO * time_budget,
         "student_step_peak_mb": round(student["peak_mb"], 1),
         "teacher_forward_peak_mb": round(teacher["peak_mb"], 1),
