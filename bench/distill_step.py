@@ -11,10 +11,15 @@ Measures, on the same student, the same batches and the same `TrainingArguments`
 
 Goals (issue 15): distillation step peak memory <= (student step peak + teacher forward peak) * 1.10 and
 no tensor of the batch's logits size in it; step time <= (student step + teacher forward) * 1.10. Each
-workload runs in a fresh process. Peak memory is above the level at which training starts (model,
-teacher and data loaded; the optimiser state, made in the first step, counts): CUDA `max_memory_allocated`,
-CPU the resident-set high-water mark (reset through /proc/self/clear_refs). Times are the fastest of
-`--steps` steps after `--warmup`. Prints one JSON line.
+workload runs in a fresh process; `--repeats` rounds run the three workloads interleaved (student,
+distillation, teacher, then again), so load from other jobs falls on all of them alike; each time is the
+fastest over all rounds (the `*_runs_s` fields list every round's, `step_time_ratio_per_round` each
+round's ratio), each peak the largest. `*_cpu_s` are the processes' CPU times (all threads) of the same
+steps: less sensitive than wall time to other jobs taking the cores. Peak memory is
+above the level at which training starts (model, teacher and data loaded; the optimiser state, made in the
+first step, counts): CUDA `max_memory_allocated`, CPU the resident-set high-water mark (reset through
+/proc/self/clear_refs). A round's time is the fastest of its `--steps` steps after `--warmup`. Prints one
+JSON line.
 
     python bench/distill_step.py                               # GPT-2's vocabulary, 4 x 512 tokens
     python bench/distill_step.py --vocab_size 128256           # Llama 3's vocabulary
@@ -141,6 +146,7 @@ def trainer_step_worker(args, distill: bool) -> dict:
     steps = args.warmup + args.steps + 1
     memory = Memory(device)
     times: list[float] = []
+    cpu_times: list[float] = []
     census = _LargestTensor()
 
     class Timing(TrainerCallback):
@@ -151,12 +157,13 @@ def trainer_step_worker(args, distill: bool) -> dict:
             if state.global_step == args.warmup:
                 memory.reset_peak()
             _sync(device)
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, _args, state, *_, **__):
             _sync(device)
             if args.warmup < state.global_step <= args.warmup + args.steps:
                 times.append(time.perf_counter() - self.start)
+                cpu_times.append(time.process_time() - self.cpu_start)
                 memory.record_peak()
 
     class Census:
@@ -183,7 +190,8 @@ def trainer_step_worker(args, distill: bool) -> dict:
                                     train_dataset=data, data_collator=default_data_collator, callbacks=[Timing()])
         trainer.remove_callback(PrinterCallback)  # stdout keeps only the JSON line
         trainer.train()
-    return {"seconds": min(times), "peak_mb": memory.mb, "largest_tensor_mb": census.bytes / 2**20}
+    return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mb": memory.mb,
+            "largest_tensor_mb": census.bytes / 2**20}
 
 
 def teacher_forward_worker(args) -> dict:
@@ -194,20 +202,30 @@ def teacher_forward_worker(args) -> dict:
     batch = {key: torch.stack([e[key] for e in _examples(args, args.batch_size)]).to(device)
              for key in ("input_ids", "attention_mask")}
     memory = Memory(device)
-    times = []
+    times, cpu_times = [], []
     memory.set_baseline()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             memory.reset_peak()
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             teacher.get_decoder()(**batch)
         _sync(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             memory.record_peak()
-    return {"seconds": min(times), "peak_mb": memory.mb}
+    return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_mb": memory.mb}
+
+
+def _fastest(runs: list[dict]) -> dict:
+    """The fastest time and the largest peak (and largest tensor) of one workload's rounds, and every time."""
+    merged = {key: max(run[key] for run in runs) for key in runs[0]}
+    merged["seconds"] = min(run["seconds"] for run in runs)
+    merged["cpu_seconds"] = min(run["cpu_seconds"] for run in runs)
+    merged["runs"] = [round(run["seconds"], 3) for run in runs]
+    return merged
 
 
 def _in_fresh_process(fn, *fn_args):
@@ -229,13 +247,14 @@ def main(argv=None):
     parser.add_argument("--kd_loss_backend", default="torch", choices=["torch", "liger"])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the three workloads")
     parser.add_argument("--no_bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
-    student = _in_fresh_process(trainer_step_worker, args, False)
-    distill = _in_fresh_process(trainer_step_worker, args, True)
-    teacher = _in_fresh_process(teacher_forward_worker, args)
+    rounds = [(_in_fresh_process(trainer_step_worker, args, False), _in_fresh_process(trainer_step_worker, args, True),
+               _in_fresh_process(teacher_forward_worker, args)) for _ in range(args.repeats)]
+    student, distill, teacher = (_fastest([round_[i] for round_ in rounds]) for i in range(3))
 
     from compress.distillation.fused_loss import default_chunk_size
 
@@ -260,7 +279,16 @@ def main(argv=None):
         "student_step_s": round(student["seconds"], 3),
         "teacher_forward_s": round(teacher["seconds"], 3),
         "distill_step_s": round(distill["seconds"], 3),
+        "repeats": args.repeats,
+        "student_step_runs_s": student["runs"],
+        "teacher_forward_runs_s": teacher["runs"],
+        "distill_step_runs_s": distill["runs"],
         "step_time_ratio": round(distill["seconds"] / time_budget, 3),
+        "step_time_ratio_per_round": [round(d["seconds"] / (s["seconds"] + t["seconds"]), 3) for s, d, t in rounds],
+        "student_step_cpu_s": round(student["cpu_seconds"], 3),
+        "teacher_forward_cpu_s": round(teacher["cpu_seconds"], 3),
+        "distill_step_cpu_s": round(distill["cpu_seconds"], 3),
+        "step_cpu_time_ratio": round(distill["cpu_seconds"] / (student["cpu_seconds"] + teacher["cpu_seconds"]), 3),
         "step_time_goal_met": distill["seconds"] <= GOAL_RATIO * time_budget,
         "student_step_peak_mb": round(student["peak_mb"], 1),
         "teacher_forward_peak_mb": round(teacher["peak_mb"], 1),

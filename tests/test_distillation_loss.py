@@ -114,6 +114,46 @@ def test_evaluation_loss_is_the_students_cross_entropy(models, tmp_path):
     assert torch.allclose(loss, ce, rtol=1e-5)
 
 
+def test_compute_metrics_gets_the_students_logits_and_loss_only_evaluation_makes_none(models, tmp_path):
+    teacher, student = models
+    student = copy.deepcopy(student)  # evaluate() prepares the model it is given
+    vocab = teacher.config.vocab_size
+    batch = _batch(vocab, seed=2)
+    examples = [{key: value[i] for key, value in batch.items()} for i in range(3)]
+    seen = {}
+
+    def compute_metrics(prediction):
+        seen["logits"], seen["labels"] = prediction.predictions, prediction.label_ids
+        return {"metric": 1.0}
+
+    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=3)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, eval_dataset=examples,
+                                  data_collator=default_data_collator, compute_metrics=compute_metrics)
+    head_shapes = []
+    handle = student.lm_head.register_forward_hook(lambda module, args, out: head_shapes.append(tuple(out.shape)))
+    try:
+        with_metrics = trainer.evaluate()
+        shapes_with_metrics, head_shapes[:] = list(head_shapes), []
+        trainer.compute_metrics = None
+        loss_only = trainer.evaluate()
+        shapes_loss_only, head_shapes[:] = list(head_shapes), []
+        predicted = trainer.predict(examples)
+    finally:
+        handle.remove()
+    with torch.no_grad():  # the student's own forward, and the formula on its shifted logits
+        expected_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        _, ce = _reference_loss(teacher, student, batch, 2.0, 0.5, 0.5, 0.0)
+    assert shapes_with_metrics == [(3, 10, vocab)] and shapes_loss_only == [(3, 0, vocab)]
+    assert with_metrics["eval_metric"] == 1.0 and "eval_metric" not in loss_only
+    for logits in (seen["logits"], predicted.predictions):
+        assert logits.shape == (3, 10, vocab)
+        assert torch.allclose(torch.as_tensor(logits), expected_logits, atol=1e-5)
+    assert torch.equal(torch.as_tensor(seen["labels"]), batch["labels"])
+    for metrics in (with_metrics, loss_only, predicted.metrics):
+        loss = metrics.get("eval_loss", metrics.get("test_loss"))
+        assert abs(loss - ce.item()) < 1e-5 * ce.item(), (metrics, ce)
+
+
 def test_teacher_is_frozen_in_eval_mode_and_training_precision(models, tmp_path):
     teacher, student = models
     trainer = _trainer(teacher, student, tmp_path)

@@ -50,8 +50,11 @@ def test_fused_loss_and_gradients_equal_autograd_on_the_full_logits(with_teacher
                                                     2.0, 0.3, 0.7)
     expected_grads = torch.autograd.grad(expected * 1.5, (hidden, weight))
     assert expected_ce > 0 and (expected_kd > 0) == with_teacher
-    # Chunks of one row, chunks that end mid-sequence, one chunk larger than the batch, the default.
-    for chunk in (1, 4, 5, 33, 1000, None):
+    # Chunks of one row, chunks that end mid-sequence, one chunk larger than the batch, the default; with 13 and
+    # 20 the last, shorter chunk holds positions that count (rows 26-27, 20-27), so the reused chunk buffers
+    # must hold its own rows, not the previous chunk's.
+    assert valid.reshape(-1)[26:].any() and valid.reshape(-1)[20:].any()
+    for chunk in (1, 4, 5, 13, 20, 33, 1000, None):
         loss, kd, ce = fused_distillation_loss(hidden, weight, teacher_hidden, teacher_weight, targets, valid, 2.0,
                                                0.3, 0.7, chunk)
         grads = torch.autograd.grad(loss * 1.5, (hidden, weight))  # 1.5: the incoming gradient is applied
@@ -116,10 +119,10 @@ def test_fp16_gradients_do_not_underflow_before_the_loss_scale():
         assert _relative_error(grad, reference) < 3e-3, _relative_error(grad, reference)  # with fp16 buffers: 1e-2
 
 
-def test_default_chunk_keeps_cpu_buffers_small_and_gpu_chunks_within_256_mib():
+def test_default_chunk_keeps_cpu_chunks_within_128_mib_and_gpu_chunks_within_256_mib():
     rows = default_chunk_size(torch.device("cpu"), 50257)
-    assert rows * 50257 * 4 <= 8 << 20 < (rows + 1) * 50257 * 4
-    assert default_chunk_size(torch.device("cpu"), 10**7) == 1
+    assert rows * 50257 * 4 <= 128 << 20 < (rows + 1) * 50257 * 4 and rows == 667
+    assert default_chunk_size(torch.device("cpu"), 10**9) == 1
     assert default_chunk_size(torch.device("cuda"), 50257) == 1024
     assert default_chunk_size(torch.device("cuda"), 128256) == (256 << 20) // (4 * 128256) == 523
 

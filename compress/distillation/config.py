@@ -69,7 +69,7 @@ class DistillationConfig(TrainingArguments):
     kd_chunk_size: int | None = field(
         default=None, metadata={"help": "Token positions per chunk of the fused KD/CE loss (both models' logits are "
                                         "made only a chunk at a time, from the hidden states and LM heads); default: "
-                                        "on CPU as fit 8 MiB of fp32 logits, on GPU up to 1024 within 256 MiB."})
+                                        "on CPU as fit 128 MiB of fp32 logits, on GPU up to 1024 within 256 MiB."})
     kd_loss_backend: str = field(
         default="torch", metadata={"help": "torch: the fused loss in plain PyTorch (fused_loss.py, the tested default);"
                                            " liger: Liger Kernel's fused linear JSD at beta 0, the same loss, compiled "

@@ -16,7 +16,11 @@ KD and CE terms from the hidden states and the two LM-head weights a chunk of po
 
 Evaluation measures the student alone: `eval_loss` is its next-token cross-entropy, so
 `eval_perplexity = exp(eval_loss)` (logged with it) is the usual perplexity and the best checkpoint is
-the one that models the validation text best.
+the one that models the validation text best. Loss-only evaluation (`evaluate()` without
+`compute_metrics`) never makes the student's logits either; when predictions are asked for
+(`compute_metrics` set, or `predict()` with `prediction_loss_only` false) the student's forward makes
+its full logits and `prediction_step` returns them, as the stock Trainer does, the loss still computed
+by the fused loss from the hidden states.
 """
 
 from __future__ import annotations
@@ -129,8 +133,10 @@ def head_weight(model: torch.nn.Module, who: str) -> torch.Tensor:
     return weight
 
 
-def decoder_hidden_states(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, object]:
-    """(last hidden states, outputs) of a causal LM called as `model(**inputs)`, with no position's logits.
+def decoder_hidden_states(model: torch.nn.Module, inputs: dict, keep_logits: bool = False
+                          ) -> tuple[torch.Tensor, object]:
+    """(last hidden states, outputs) of a causal LM called as `model(**inputs)`, with no position's logits
+    (with every position's when `keep_logits`).
 
     The call goes through `model` itself, so whatever wraps its forward (DDP, FSDP, accelerate's autocast
     and `convert_outputs_to_fp32`) runs as in training; `logits_to_keep` is an empty index, so the LM head
@@ -141,7 +147,7 @@ def decoder_hidden_states(model: torch.nn.Module, inputs: dict) -> tuple[torch.T
     handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output[0]))
     try:
         no_position = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
-        outputs = model(**inputs, logits_to_keep=no_position)
+        outputs = model(**inputs) if keep_logits else model(**inputs, logits_to_keep=no_position)
     finally:
         handle.remove()
     if len(captured) != 1:
@@ -168,6 +174,7 @@ class DistillationTrainer(Trainer):
         self.teacher = self._prepare_teacher(teacher_model)
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._loss_micro_batches = 0
+        self._predicting = False  # True inside a prediction_step that returns logits
 
     def _prepare_teacher(self, teacher: PreTrainedModel) -> PreTrainedModel:
         """Frozen, in eval mode, on this process's device, its weights in the training precision.
@@ -190,7 +197,8 @@ class DistillationTrainer(Trainer):
         targets, valid = next_token_targets(labels, inputs.get("attention_mask"))
         positions = valid.sum().clamp(min=1)
         args = self.args
-        hidden, outputs = decoder_hidden_states(model, model_inputs)
+        keep_logits = self._predicting and not model.training  # logits asked for by prediction_step
+        hidden, outputs = decoder_hidden_states(model, model_inputs, keep_logits)
         weight = head_weight(model, "student")
 
         if not model.training:  # evaluation: the student's own next-token loss
@@ -230,6 +238,19 @@ class DistillationTrainer(Trainer):
             del parts["kd"]
         self._record(parts)
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The stock step (loss, logits, labels); the logits are the student's, made only when they are returned.
+
+        `evaluate()` asks for the loss alone unless `compute_metrics` is set, and then the student's head
+        maps no position; otherwise its forward makes the full logits for the metrics (the batch's logits,
+        which is what a `compute_metrics` reads; `preprocess_logits_for_metrics` can shrink what is kept).
+        """
+        self._predicting = not prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        finally:
+            self._predicting = False
 
     def _record(self, parts: dict[str, torch.Tensor]) -> None:
         for name, value in parts.items():
