@@ -187,14 +187,12 @@ def beyond_the_paper_markdown(report: Report) -> list[str]:
             + length_control.markdown(report.length_adjusted))
 
 
-def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple[list[Path], list[Path]]:
-    """(CSV files, plots) of the evaluation beyond the paper."""
-    files, plots = [], []
+def beyond_the_paper_files(report: Report, out: Path) -> list[Path]:
+    """The CSV files of the evaluation beyond the paper (its figures are in `plots`)."""
+    files = []
     if report.flips:
         write_atomically(out / "flips.csv", _csv_text(item_flips.CSV_HEADER, item_flips.csv_rows(report.flips)))
         files.append(out / "flips.csv")
-        if make_plots:
-            plots.append(item_flips.plot(report.flips, out / "plots" / "flips.png"))
     if report.length_adjusted:
         for name, header, rows in (
                 ("length_bins.csv", length_control.BIN_HEADER, length_control.bin_rows(report.length_bins)),
@@ -210,7 +208,7 @@ def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple
                  scorer_agreement.agreement_rows(report.scorer_agreement))):
             write_atomically(out / name, _csv_text(header, rows))
             files.append(out / name)
-    return files, [p for p in plots if p is not None]
+    return files
 
 
 def significance_in_words(report: Report) -> list[str]:
@@ -269,8 +267,6 @@ def write_report(report: Report, out_dir: str | Path, make_plots: bool = True) -
         from compress.report import plots as plotting
 
         plots = plotting.write_all(report, out / "plots")
-    extra_files, extra_plots = beyond_the_paper_files(report, out, make_plots)
-    written += extra_files
-    plots += extra_plots
+    written += beyond_the_paper_files(report, out)
     write_atomically(out / "summary.md", summary_markdown(report, plots))
-    return written + plots + [out / "summary.md"]
+    return written + plots + [p.with_suffix(".pdf") for p in plots] + [out / "summary.md"]
