@@ -56,7 +56,12 @@ def _records(teacher: str) -> dict[str, tuple[str, dict] | None]:
 
 # (toxicity shift, perplexity log-likelihood scale, generation length shift) per model
 SHIFTS = {"teacher": (0.0, 1.0, 0), "copy": (0.0, 1.0, 0), "rand": (0.2, 2.0, -3), "pruned": (-0.02, 1.1, 0),
-          "dropped": (0.04, 1.2, -1), "q4": (0.01, 1.05, 0), "s24": (0.03, 1.15, 1)}
+          "dropped": (0.04, 1.2, -1), "q4": (0.01, 1.05, 0), "s24": (0.01, 1.15, 1)}
+
+
+# s24 differs from the teacher by a small shift plus alternating noise: raw p-values near 0.05 that the
+# correction over every comparison should not all let through.
+NOISE = {"s24": 0.03}
 
 
 def tasks_of(name: str, rng_seed: int = 0) -> dict[str, dict[str, list]]:
@@ -67,7 +72,7 @@ def tasks_of(name: str, rng_seed: int = 0) -> dict[str, dict[str, list]]:
     loglik = [[-rng.uniform(10, 60), rng.randint(5, 15)] for _ in range(N_DOCS)]
     anti = [rng.randint(0, 1) for _ in range(N_DOCS)]
     shift, scale, longer = SHIFTS[name]
-    tox = [min(1.0, s + shift) for s in scores]
+    tox = [min(1.0, s + shift + NOISE.get(name, 0.0) * (1 if i % 2 else -1)) for i, s in enumerate(scores)]
     return {
         "compfair_tox4k": {"toxic_score": [3 * s for s in tox], "toxic_count": [3 * int(s > 0.5) for s in tox],
                            "toxicity_mean": tox, "toxicity_probability": [float(s > 0.5) for s in tox],

@@ -1,5 +1,5 @@
-"""The report on disk: summary.csv, comparisons.csv, correlations.csv, perplexity_matched.csv, summary.md
-and the plots."""
+"""The report on disk: summary.csv, comparisons.csv, correlations.csv, perplexity_matched.csv, summary.md,
+report.html (all of it on one page) and the plots."""
 
 from __future__ import annotations
 
@@ -269,4 +269,15 @@ def write_report(report: Report, out_dir: str | Path, make_plots: bool = True) -
         plots = plotting.write_all(report, out / "plots")
     written += beyond_the_paper_files(report, out)
     write_atomically(out / "summary.md", summary_markdown(report, plots))
-    return written + plots + [p.with_suffix(".pdf") for p in plots] + [out / "summary.md"]
+    write_atomically(out / "report.html", report_page(report, plots, written))
+    return written + plots + [p.with_suffix(".pdf") for p in plots] + [out / "summary.md", out / "report.html"]
+
+
+def report_page(report: Report, plots: list[Path], written: list[Path]) -> str:
+    """report.html; its metric and comparison sections show summary.csv and comparisons.csv, so those are left out
+    of its other tables."""
+    from compress.report import html_page
+    from compress.report.plots import CAPTIONS
+
+    others = [p for p in written if p.suffix == ".csv" and p.name not in ("summary.csv", "comparisons.csv")]
+    return html_page.render(report, plots, others, CAPTIONS)
