@@ -1,10 +1,10 @@
 """A report over one model of every method, for the tests of the figures, report.html and the closing summary.
 
 teacher (original) and copy (distilled, the same values on every document: its points coincide with the
-teacher's), rand (distilled from random blocks: more toxic and of a much higher perplexity on every document),
-pruned (head pruning), dropped (layer dropping), q4 (quantization), s24 (sparsity). Tasks: compfair_tox4k
-(toxicity, generation length, a 0/1 outcome for flips), compfair_winobias_type1 (anti-stereotype wins) and
-demo_perplexity (word perplexity).
+teacher's), rand (distilled from random blocks: more toxic on every document, its perplexity four decades up:
+the log axes must still not crowd their labels), pruned (head pruning), dropped (layer dropping), q4
+(quantization), s24 (sparsity). Tasks: compfair_tox4k (toxicity, generation length, a 0/1 outcome for flips),
+compfair_winobias_type1 (anti-stereotype wins) and demo_perplexity (word perplexity).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _records(teacher: str) -> dict[str, tuple[str, dict] | None]:
 
 
 # (toxicity shift, perplexity log-likelihood scale, generation length shift) per model
-SHIFTS = {"teacher": (0.0, 1.0, 0), "copy": (0.0, 1.0, 0), "rand": (0.2, 2.0, -3), "pruned": (-0.02, 1.1, 0),
+SHIFTS = {"teacher": (0.0, 1.0, 0), "copy": (0.0, 1.0, 0), "rand": (0.2, 4.0, -3), "pruned": (-0.02, 1.1, 0),
           "dropped": (0.04, 1.2, -1), "q4": (0.01, 1.05, 0), "s24": (0.01, 1.15, 1)}
 
 

@@ -118,9 +118,12 @@ def figures_section(figures: list[Path], captions: dict[str, str]) -> str:
     return _section("figures", "\n".join(parts))
 
 
+SCREEN_PIXELS_PER_INCH = 144  # figures are drawn at print size (8-point text); half as large again reads well
+
+
 def _css_width(png: bytes) -> int:
-    """The figure's printed width in CSS pixels (96 a inch): its PNG width (IHDR) at the figures' 300 dpi."""
-    return round(int.from_bytes(png[16:20], "big") * 96 / DPI)
+    """The figure's width on the page in CSS pixels, from its PNG width (IHDR) at the figures' 300 dpi."""
+    return round(int.from_bytes(png[16:20], "big") * SCREEN_PIXELS_PER_INCH / DPI)
 
 
 def metrics_section(report) -> str:

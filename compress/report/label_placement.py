@@ -33,8 +33,12 @@ def _alignment(dx: float, dy: float) -> tuple[str, str]:
     return ha, va
 
 
-def _overlaps(box: Bbox, others: list[Bbox]) -> bool:
-    return any(box.overlaps(other) for other in others)
+GAP = 1.5  # points kept free around a label, so two names never touch
+
+
+def _overlaps(box: Bbox, others: list[Bbox], gap: float = 0.0) -> bool:
+    grown = box.expanded(1, 1).padded(gap) if gap else box
+    return any(grown.overlaps(other) for other in others)
 
 
 def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize="x-small",
@@ -65,7 +69,7 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fonts
         for radius, dx, dy in _candidate_offsets():
             text = _annotate(ax, label, (x, y), dx, dy, radius, fontsize)
             box = text_box(text, renderer)
-            if _inside(box, area) and not _overlaps(box, placed) and not _overlaps(box, markers):
+            if _inside(box, area) and not _overlaps(box, placed, GAP * scale) and not _overlaps(box, markers):
                 chosen = text
                 break
             text.remove()

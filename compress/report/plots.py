@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
 from compress.report.figure_style import figure_legend, method_color, method_handles, plt, save_figure
 from compress.report.label_placement import place_labels
@@ -33,6 +33,7 @@ STEREOSET_COUNTS = (("stereotype_count", "stereotype chosen"), ("anti_stereotype
 # The paper's order of the prompt sets; other tasks follow alphabetically.
 TASK_ORDER = ("compfair_rtp", "compfair_rtp_standard", "compfair_tox4k", "compfair_random4k", "compfair_safe4k")
 MAX_COLUMNS = 4
+TASK_COLUMNS = 6  # up to this many prompt sets side by side, so each metric is one row of panels
 ROW_INCHES = 0.24  # height per model row, so the model names never touch
 PANEL_WIDTH = 2.4
 
@@ -107,7 +108,7 @@ def _metric_grid(report, tasks: list[str], metrics: list[tuple[str, str]], title
     models = _models_with(report, pairs)
     panels = [(t, metric, label) for metric, label in metrics for t in tasks]
     # A row per metric and a column per task; one task: its metrics side by side.
-    columns = len(metrics) if len(tasks) == 1 else min(len(tasks), MAX_COLUMNS)
+    columns = len(metrics) if len(tasks) == 1 else len(tasks) if len(tasks) <= TASK_COLUMNS else MAX_COLUMNS
     fig, axes = _grid(len(panels), len(models), columns=columns)
     for ax, (task, metric, label) in zip(axes, panels):
         _bars(ax, models, [report.estimate(m.name, task, metric) for m in models], label)
@@ -150,9 +151,13 @@ def bias_counts(report):
 
 
 def _log_axis(axis) -> None:
-    """Log scale with plain numbers; minor ticks unlabelled, so labels never crowd."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    """Log scale with as few labelled ticks as the span needs (minor ticks unlabelled), so labels never crowd:
+    1, 2, 5 x 10^k within about a decade, plain powers of ten up to four decades, 10^k beyond. Call after the
+    data are drawn: it reads the span."""
+    low, high = sorted(axis.get_view_interval())
+    decades = math.log10(high / low) if low > 0 and high > 0 else 0.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 1.2 else (1.0,), numticks=6))
+    axis.set_major_formatter(LogFormatterSciNotation() if decades > 4 else FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -174,6 +179,8 @@ def perplexity(report):
             (dot,) = ax.plot([m.perplexity], [i], "o", color=method_color(m.method), markersize=5)
             dot.set_gid(model_gid(m.name))
         ax.set_xscale("log")
+        ax.margins(x=0.1)
+        ax.autoscale_view()
         _log_axis(ax.xaxis)
         _model_axis(ax, with_ppl)
         ax.grid(axis="x", linewidth=0.3, alpha=0.5)
@@ -198,6 +205,13 @@ def perplexity(report):
     return _finish(fig, "Perplexity of the models", handles + extra_handles, labels + extra_labels)
 
 
+def _padded_span(values, share: float) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    low, high = min(finite), max(finite)
+    pad = share * (high - low) if high > low else max(abs(high), 1.0) * share
+    return low - pad, high + pad
+
+
 def perplexity_vs_metrics(report):
     rows = defaultdict(list)
     for r in report.matched:
@@ -213,11 +227,14 @@ def perplexity_vs_metrics(report):
             bars = ax.errorbar(r.perplexity, r.value, yerr=_errors([r]), fmt="o", markersize=4, capsize=2,
                                elinewidth=0.8, color=method_color(r.method))
             bars.lines[0].set_gid(model_gid(r.model))
+        # The line may run far off where it is extrapolated: the axes are scaled to the models, not to it.
         (reference,) = ax.plot([r.perplexity for r in points], [r.predicted for r in points], "--", linewidth=0.8,
-                               color="#555555")
+                               color="#555555", scalex=False, scaley=False)
         ax.set_xscale("log")
+        ax.margins(x=0.15)
+        ax.autoscale_view()
+        ax.set_ylim(*_padded_span([v for r in points for v in (r.value, r.low, r.high)], 0.2))
         _log_axis(ax.xaxis)
-        ax.margins(x=0.15, y=0.2)
         ax.set_xlabel("perplexity (log scale)")
         ax.set_ylabel(key[1])
         ax.set_title(f"{_short(key[0])}: {key[1]}")
