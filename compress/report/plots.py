@@ -253,7 +253,8 @@ def flips(report):
         return None
     methods = {m.name: m.method for m in report.models}
     tasks = sorted({f.task for f in report.flips})
-    pairs = list(dict.fromkeys((f.model, f.baseline) for f in report.flips))
+    order = {m.name: i for i, m in enumerate(report.models)}  # the models' order in every other figure
+    pairs = sorted(dict.fromkeys((f.model, f.baseline) for f in report.flips), key=lambda p: (order.get(p[0], 0), p))
     fig, axes = _grid(len(tasks), len(pairs))
     for ax, task in zip(axes, tasks):
         by_pair = {(f.model, f.baseline): f for f in report.flips if f.task == task}
