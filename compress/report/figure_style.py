@@ -28,10 +28,17 @@ METHOD_LABELS = {"original": "original (uncompressed)"}
 DPI = 300
 FONT_SIZE = 8
 
-plt.rcParams.update({"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1, "axes.labelsize": FONT_SIZE,
-                     "xtick.labelsize": FONT_SIZE - 1, "ytick.labelsize": FONT_SIZE - 1,
-                     "legend.fontsize": FONT_SIZE, "figure.titlesize": FONT_SIZE + 2,
-                     "axes.spines.top": False, "axes.spines.right": False, "pdf.fonttype": 42})
+# Applied while the report draws and saves (`style()`), never to the rest of the process. TrueType fonts in the
+# PDF (fonttype 42) keep its text editable and searchable.
+STYLE = {"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1, "axes.labelsize": FONT_SIZE,
+         "xtick.labelsize": FONT_SIZE - 1, "ytick.labelsize": FONT_SIZE - 1, "legend.fontsize": FONT_SIZE,
+         "figure.titlesize": FONT_SIZE + 2, "axes.spines.top": False, "axes.spines.right": False,
+         "pdf.fonttype": 42}
+
+
+def style():
+    """The report's matplotlib settings, as a context."""
+    return plt.rc_context(STYLE)
 
 
 def method_color(method: str) -> str:
@@ -58,7 +65,7 @@ def save_figure(fig, png_path: Path) -> list[Path]:
     pdf_path = png_path.with_suffix(".pdf")
     try:
         for path in (png_path, pdf_path):
-            with replaced_atomically(path, suffix=path.suffix) as tmp:
+            with replaced_atomically(path, suffix=path.suffix) as tmp, style():
                 fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format=path.suffix.lstrip("."))
     finally:
         plt.close(fig)

@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
 
-from compress.report.figure_style import figure_legend, method_color, method_handles, plt, save_figure
+from compress.report.figure_style import figure_legend, method_color, method_handles, plt, save_figure, style
 from compress.report.label_placement import place_labels
 
 STEREOSET_COUNTS = (("stereotype_count", "stereotype chosen"), ("anti_stereotype_count", "anti-stereotype chosen"),
@@ -310,10 +310,11 @@ FIGURES = {
 def draw_all(report) -> dict:
     """{name: matplotlib Figure} of every figure the report's data allows (a figure without data is left out)."""
     figures = {}
-    for name, draw in FIGURES.items():
-        fig = draw(report)
-        if fig is not None:
-            figures[name] = fig
+    with style():
+        for name, draw in FIGURES.items():
+            fig = draw(report)
+            if fig is not None:
+                figures[name] = fig
     return figures
 
 
