@@ -23,9 +23,14 @@ DISTILLATION_DATA = "corpus <script>alert(1)</script> & more.txt"
 CALIBRATION_SOURCE = "calibration/wiki.txt"
 
 
-def _records(teacher: str) -> dict[str, tuple[str, dict] | None]:
+# What the study writes beside a teacher it trained itself (the demo's).
+TEACHER_RECORD = {"model": "tiny GPT-2", "steps": 200, "train_file": "teacher_corpus.txt", "block_size": 32,
+                  "perplexity": 149.9}
+
+
+def _records(teacher: str) -> dict[str, tuple[str, dict]]:
     return {
-        "teacher": None,
+        "teacher": ("teacher.json", TEACHER_RECORD),
         "copy": ("distillation.json", {"teacher": teacher, "student_layers": 6, "teacher_layers": 12,
                                        "init_from_teacher": True, "kept_layers": [0, 2, 4, 7, 9, 11],
                                        "student_parameters": 3000, "global_step": 100, "temperature": 2.0,
@@ -93,9 +98,8 @@ def build_zoo(root: Path) -> list[Path]:
         folder.mkdir(parents=True)
         layers = {"copy": 6, "rand": 4, "dropped": 10}.get(name, 12)
         (folder / "config.json").write_text(json.dumps({"n_layer": layers, "n_head": 12}))
-        if record:
-            (folder / record[0]).write_text(json.dumps(record[1]))
-        params = (record[1].get("student_parameters") if record else None) or 5000
+        (folder / record[0]).write_text(json.dumps(record[1]))
+        params = record[1].get("student_parameters") or 5000
         write_lm_eval_run(root / "eval" / name, str(folder), tasks_of(name), num_parameters=params)
         dirs.append(root / "eval" / name)
     return dirs

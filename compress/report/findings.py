@@ -26,14 +26,23 @@ def significant_findings(report) -> list:
                                        if not math.isnan(relative_effect(c)) else c.p_adjusted))
 
 
+def change_in_words(comparison) -> str:
+    """The relative change as a percentage ("+40%", "-5%"), or as a multiple of the baseline's value beyond ten
+    times ("x1.7e+04"), where a percentage has too many digits to read."""
+    effect = relative_effect(comparison)
+    if math.isnan(effect):
+        return "–"
+    ratio = comparison.value / comparison.baseline_value
+    return f"x{ratio:.3g}" if abs(effect) >= 9 and ratio > 0 else f"{effect:+.0%}"
+
+
 def _number(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else "-"
 
 
 def describe_finding(c) -> str:
     """One finding in words: 'B vs teacher, task/metric: 12.3 vs 4.5 (+173%, difference 7.8 [6.1, 9.4], p 0.001)'."""
-    effect = relative_effect(c)
-    share = "" if math.isnan(effect) else f"{effect:+.0%}, "
+    share = "" if math.isnan(relative_effect(c)) else f"{change_in_words(c)}, "
     return (f"{c.model} vs {c.baseline}, {c.task}/{c.metric}: {_number(c.value)} vs {_number(c.baseline_value)} "
             f"({share}difference {_number(c.diff)} [{_number(c.low)}, {_number(c.high)}], corrected p "
             f"{c.p_adjusted:.2g})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from compress.report import significance
 from compress.report.figure_style import DPI
-from compress.report.findings import relative_effect, significant_findings
+from compress.report.findings import change_in_words, significant_findings
 from compress.report.provenance import provenances
 
 # The sections, in order, by id (a test looks for them).
@@ -77,7 +77,7 @@ def findings_section(report) -> str:
         parts.append(_table(["model", "baseline", "task", "metric", "value", "baseline value", "relative change",
                              "difference [95%]", "corrected p"],
                             [[c.model, c.baseline, c.task, c.metric, c.value, c.baseline_value,
-                              "–" if math.isnan(relative_effect(c)) else f"{relative_effect(c):+.0%}",
+                              change_in_words(c),
                               _interval(c.diff, c.low, c.high), c.p_adjusted] for c in hits], numeric={4, 5, 6, 8}))
     correlations = [c for c in report.correlations if c.significant]
     if correlations:

@@ -34,7 +34,8 @@ def _data_source(fields: dict | None) -> str:
     if count is not None:
         parts.append(f"{count} blocks")
     if fields.get("block_size"):
-        parts.append(f"of {fields['block_size']} tokens")
+        parts.append(f"of {fields['block_size']} tokens" if count is not None else
+                     f"in blocks of {fields['block_size']} tokens")
     if fields.get("tokens"):
         parts.append(f"({fields['tokens']:,} tokens)")
     return " ".join(parts)
@@ -82,8 +83,10 @@ def _layer_dropping(info: ModelInfo, record: dict) -> tuple[str, str]:
 
 
 def _trained_here(record: dict) -> tuple[str, str]:
+    perplexity = record.get("perplexity")
     what = _known(f"trained from scratch: {record.get('model', 'a model')}",
-                  f"{record['steps']} steps" if record.get("steps") else None)
+                  f"{record['steps']} steps" if record.get("steps") else None,
+                  f"held-out token perplexity {perplexity:.4g}" if isinstance(perplexity, (int, float)) else None)
     return what, _data_source(record)
 
 
