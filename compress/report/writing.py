@@ -114,7 +114,9 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
              f"({report.resamples} resamples; lm-eval's standard error where no per-document values exist). "
              f"Paired tests compare each model with its baseline on the same documents (permutation test); "
              f"p-values are corrected with {correction} over all {len(report.comparisons)} comparisons; "
-             f"significant means corrected p < {report.alpha}.", "", "## Models", ""]
+             f"significant means corrected p < {report.alpha}.", "",
+             "All of it on one page, with the figures and each model's provenance: report.html.", "",
+             "## Models", ""]
     lines += _md_table(["model", "method", "baseline", "blocks", "heads", "parameters", "perplexity"], [
         [i.name, i.method + (f" ({i.init} init)" if i.init else ""), i.baseline or "–", _fmt(i.blocks),
          _fmt(i.heads), _fmt(i.parameters), _fmt(i.perplexity) + (f" ({i.perplexity_source})" if i.perplexity else "")]
@@ -174,7 +176,8 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
                                                          for r in report.matched})), ""]
     lines += beyond_the_paper_markdown(report)
     if plots:
-        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+        lines += ["## Plots", "", "Each also as a vector PDF beside it (plots/NAME.pdf).", ""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in dict.fromkeys(report.notes)] + [""]
     return "\n".join(lines).rstrip() + "\n"
