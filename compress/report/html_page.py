@@ -28,6 +28,7 @@ th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.significant td { background: #fff4d6; }
 .scroll { overflow-x: auto; }
+table.provenance td:nth-child(3), table.provenance td:nth-child(5) { min-width: 16em; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .9em; color: #444; max-width: 60em; }
 """
@@ -49,14 +50,16 @@ def _interval(value, low, high) -> str:
     return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
 
 
-def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), marked: set[int] = frozenset()) -> str:
+def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset(), marked: set[int] = frozenset(),
+           css_class: str = "") -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
     body = []
     for i, row in enumerate(rows):
         cells = "".join(f'<td class="num">{escape(_fmt(c))}</td>' if j in numeric else f"<td>{escape(_fmt(c))}</td>"
                         for j, c in enumerate(row))
         body.append(f'<tr class="significant">{cells}</tr>' if i in marked else f"<tr>{cells}</tr>")
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    table = f'<table class="{css_class}">' if css_class else "<table>"
+    return f'<div class="scroll">{table}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _section(key: str, inner: str) -> str:
@@ -99,7 +102,8 @@ def models_section(report) -> str:
     return _section("models", _para("What was done to each model, from which model and on which data, as the records "
                                     "beside each model say (distillation.json, pruning.json, quantization.json, ...).")
                     + _table(["model", "method", "what was done", "made from", "data", "blocks", "heads",
-                              "parameters", "perplexity", "perplexity from", "records"], rows, numeric={5, 6, 7, 8}))
+                              "parameters", "perplexity", "perplexity from", "records"], rows, numeric={5, 6, 7, 8},
+                             css_class="provenance"))
 
 
 def figures_section(figures: list[Path], captions: dict[str, str]) -> str:

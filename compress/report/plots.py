@@ -46,9 +46,12 @@ def _short(task: str) -> str:
     return task.removeprefix("compfair_")
 
 
+def _task_order(task: str) -> tuple:
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
+
+
 def _tasks_with(report, metric: str) -> list[str]:
-    tasks = {e.task for e in report.estimates if e.metric == metric and not e.is_group}
-    return sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
+    return sorted({e.task for e in report.estimates if e.metric == metric and not e.is_group}, key=_task_order)
 
 
 def _errors(estimates) -> np.ndarray:
@@ -252,7 +255,7 @@ def flips(report):
     if not report.flips:
         return None
     methods = {m.name: m.method for m in report.models}
-    tasks = sorted({f.task for f in report.flips})
+    tasks = sorted({f.task for f in report.flips}, key=_task_order)
     order = {m.name: i for i, m in enumerate(report.models)}  # the models' order in every other figure
     pairs = sorted(dict.fromkeys((f.model, f.baseline) for f in report.flips), key=lambda p: (order.get(p[0], 0), p))
     fig, axes = _grid(len(tasks), len(pairs))
