@@ -46,38 +46,53 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fonts
     """Annotate each (x, y) of `points` (data coordinates) with its label; returns the annotations.
 
     `error_bars` are vertical (x, y_low, y_high) segments the labels also keep clear of. Call once the axes'
-    limits and the figure's layout are final: the boxes are measured on the canvas.
+    limits and the figure's layout are final: the boxes are measured with the figure's renderer.
     """
     fig = ax.figure
-    fig.canvas.draw()
+    ax.get_xlim(), ax.get_ylim()  # settle a pending autoscale, so the data -> pixel transform is final
     renderer = fig.canvas.get_renderer()
     area = ax.get_window_extent(renderer)
     scale = fig.dpi / 72.0
-    markers = []
-    for x, y in points:
-        px, py = ax.transData.transform((x, y))
-        half = MARKER_HALF * scale
-        markers.append(Bbox.from_extents(px - half, py - half, px + half, py + half))
+    anchors = ax.transData.transform(points) if len(points) else []
+    obstacles = [_square(px, py, MARKER_HALF * scale) for px, py in anchors]
     for x, low, high in error_bars:
         if all(math.isfinite(v) for v in (x, low, high)):
             (px, p_low), (_, p_high) = ax.transData.transform([(x, low), (x, high)])
-            markers.append(Bbox.from_extents(px - scale, min(p_low, p_high), px + scale, max(p_low, p_high)))
+            obstacles.append(Bbox.from_extents(px - scale, min(p_low, p_high), px + scale, max(p_low, p_high)))
     placed: list[Bbox] = []
     annotations = []
-    for (x, y), label in zip(points, labels):
-        chosen = None
+    for (px, py), xy, label in zip(anchors, points, labels):
+        width, height = _size(ax, label, fontsize, renderer)
+        chosen = (RADII[0], RADII[0], RADII[0])  # no free place: the nearest, so a test will say so
         for radius, dx, dy in _candidate_offsets():
-            text = _annotate(ax, label, (x, y), dx, dy, radius, fontsize)
-            box = text_box(text, renderer)
-            if _inside(box, area) and not _overlaps(box, placed, GAP * scale) and not _overlaps(box, markers):
-                chosen = text
+            box = _box_at(px + dx * scale, py + dy * scale, width, height, *_alignment(dx, dy))
+            if _inside(box, area) and not _overlaps(box, placed, GAP * scale) and not _overlaps(box, obstacles):
+                chosen = (radius, dx, dy)
                 break
-            text.remove()
-        if chosen is None:  # no free place: the nearest one, so the label is still there (and a test will say so)
-            chosen = _annotate(ax, label, (x, y), RADII[0], RADII[0], RADII[0], fontsize)
-        placed.append(text_box(chosen, renderer))
-        annotations.append(chosen)
+        radius, dx, dy = chosen
+        text = _annotate(ax, label, xy, dx, dy, radius, fontsize)
+        placed.append(text_box(text, renderer))
+        annotations.append(text)
     return annotations
+
+
+def _square(px: float, py: float, half: float) -> Bbox:
+    return Bbox.from_extents(px - half, py - half, px + half, py + half)
+
+
+def _size(ax, label: str, fontsize, renderer) -> tuple[float, float]:
+    """The label's rendered width and height in pixels (the same wherever it is put)."""
+    probe = ax.annotate(label, (0, 0), fontsize=fontsize)
+    box = text_box(probe, renderer)
+    probe.remove()
+    return box.width, box.height
+
+
+def _box_at(x: float, y: float, width: float, height: float, ha: str, va: str) -> Bbox:
+    """The box of a text anchored at pixel (x, y) with the given alignment (matplotlib aligns the box itself)."""
+    x0 = x if ha == "left" else x - width if ha == "right" else x - width / 2
+    y0 = y if va == "bottom" else y - height if va == "top" else y - height / 2
+    return Bbox.from_bounds(x0, y0, width, height)
 
 
 def text_box(text, renderer) -> Bbox:
