@@ -4,7 +4,8 @@ teacher (original) and copy (distilled, the same values on every document: its p
 teacher's), rand (distilled from random blocks: more toxic on every document, its perplexity four decades up:
 the log axes must still not crowd their labels), pruned (head pruning), dropped (layer dropping), q4
 (quantization), s24 (sparsity). Tasks: compfair_tox4k (toxicity, generation length, a 0/1 outcome for flips),
-compfair_winobias_type1 (anti-stereotype wins) and demo_perplexity (word perplexity).
+compfair_rtp, _random4k, _safe4k (toxic score), compfair_winobias_type1 (anti-stereotype wins and rate) and
+demo_perplexity (word perplexity).
 """
 
 from __future__ import annotations
@@ -83,7 +84,11 @@ def tasks_of(name: str, rng_seed: int = 0) -> dict[str, dict[str, list]]:
                            "toxicity_mean": tox, "toxicity_probability": [float(s > 0.5) for s in tox],
                            "gen_length_tokens": [n + longer for n in lengths],
                            "gen_length_chars": [4 * (n + longer) for n in lengths]},
-        "compfair_winobias_type1": {"anti_count": [a if name != "rand" else 1 - a for a in anti]},
+        # three more prompt sets and a rate: enough perplexity panels for two rows, under a title
+        **{task: {"toxic_score": [3 * s for s in tox]} for task in ("compfair_rtp", "compfair_random4k",
+                                                                     "compfair_safe4k")},
+        "compfair_winobias_type1": {"anti_count": [a if name != "rand" else 1 - a for a in anti],
+                                    "anti_rate": [a if name != "rand" else 1 - a for a in anti]},
         "demo_perplexity": {"word_perplexity": [[ll * scale, n] for ll, n in loglik]},
     }
 

@@ -14,7 +14,7 @@ from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from report_zoo import METHODS, build_zoo  # noqa: E402
 
-from compress.report import build, plots  # noqa: E402
+from compress.report import build, figure_style, plots  # noqa: E402
 from compress.report.label_placement import place_labels  # noqa: E402
 
 ALL_FIGURES = {"toxicity", "bias_counts", "perplexity", "perplexity_vs_metrics", "generation_length", "flips"}
@@ -161,3 +161,32 @@ def test_each_figure_is_a_300_dpi_png_and_a_vector_pdf(report, tmp_path):
         assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF"), png.name
         assert b"/Subtype /Image" not in pdf, png.name  # drawn as vectors, not a picture inside a PDF
     assert not [p for p in (tmp_path / "plots").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.parametrize("span", [(12_000, 45_000), (28_000, 30_500), (20, 90), (26, 4.6e5), (1e4, 6e7)])
+def test_log_axis_labels_neither_crowd_nor_vanish(span):
+    """Spans the demo and the paper's study give: less than a decade (the demo's 1.2e4-4.5e4 crowded the old
+    labels), nearly one perplexity (quantized models beside their teacher), one decade, several."""
+    fig, ax = plt.subplots(figsize=(plots.PANEL_WIDTH, 2))
+    ax.plot(span, [0, 1], "o")
+    ax.set_xscale("log")
+    ax.autoscale_view()
+    plots._log_axis(ax.xaxis)
+    fig.tight_layout()
+    fig.canvas.draw()
+    labels = [t for t in _drawn_tick_labels(ax.xaxis) if t.get_text()]
+    assert len(labels) >= 2, [t.get_text() for t in labels]
+    assert overlapping_texts(fig) == []
+    plt.close(fig)
+
+
+def test_a_tall_figures_title_stays_clear_of_its_panels():
+    """Four rows of panels (the demo's perplexity panels, flips and bias counts): the figure's title above all."""
+    fig, axes = plots._grid(10, 11, columns=3)
+    for ax in axes:
+        ax.set_title("panel title")
+        ax.plot([0, 1], [0, 1])
+    plots._finish(fig, "A figure title as long as the report's", *figure_style.method_handles(["original"]))
+    fig.canvas.draw()
+    assert len(_texts(fig)) > 10 and overlapping_texts(fig) == []
+    plt.close(fig)

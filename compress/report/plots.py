@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from compress.report.figure_style import figure_legend, method_color, method_handles, plt, save_figure, style
 from compress.report.label_placement import place_labels
@@ -36,6 +36,7 @@ MAX_COLUMNS = 4
 TASK_COLUMNS = 6  # up to this many prompt sets side by side, so each metric is one row of panels
 ROW_INCHES = 0.24  # height per model row, so the model names never touch
 PANEL_WIDTH = 2.4
+TITLE_GAP = 4  # points between the figure's title and the panels' titles
 
 
 def model_gid(name: str) -> str:
@@ -95,8 +96,11 @@ def _bars(ax, models, estimates, xlabel: str) -> None:
 
 
 def _finish(fig, title: str, handles: list, labels: list[str]):
-    fig.suptitle(title)
-    fig.tight_layout()
+    """Title, layout, legend. tight_layout alone lets a tall figure's title run into the first panels' titles, so
+    the title's own height (and a gap) is kept free above them."""
+    text = fig.suptitle(title)
+    title_height = text.get_window_extent(fig.canvas.get_renderer()).height + TITLE_GAP * fig.dpi / 72.0
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_height / fig.bbox.height))
     figure_legend(fig, handles, labels)
     return fig
 
@@ -153,14 +157,56 @@ def bias_counts(report):
     return _finish(fig, "Bias: which sentence each model prefers (95% intervals)", handles, labels)
 
 
+LOG_SUBS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
+MIN_LOG_TICKS = 3
+MAX_LOG_TICKS = 6
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Labelled ticks of a log axis over [low, high]: the first of powers of ten, 1-2-5 and 1..9 times them that
+    gives at least three in view, thinned so neighbours are at least a quarter of the span apart (in log); a span
+    too narrow for any of them (models of nearly one perplexity) gets a few evenly spaced round numbers."""
+    if not (0 < low < high):
+        return []
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    gap = (math.log10(high) - math.log10(low)) / 4
+    chosen = []
+    for subs in LOG_SUBS:
+        ticks = [s * 10.0 ** k for k in decades for s in subs if low <= s * 10.0 ** k <= high]
+        if len(ticks) > MAX_LOG_TICKS and len(chosen) >= 2:
+            break
+        chosen = _thinned(ticks, gap)
+        if len(chosen) >= MIN_LOG_TICKS:
+            break
+    if len(chosen) < 2:
+        chosen = [t for t in MaxNLocator(nbins=3).tick_values(low, high) if low <= t <= high]
+    return chosen
+
+
+def _thinned(ticks: list[float], gap: float) -> list[float]:
+    kept: list[float] = []
+    for tick in ticks:
+        if not kept or math.log10(tick) - math.log10(kept[-1]) >= gap:
+            kept.append(tick)
+    return kept
+
+
+def _tick_text(value: float) -> str:
+    """Short labels for perplexities: 500, 20k, 10^6."""
+    if value >= 1e6:
+        exponent = math.log10(value)
+        return f"$10^{{{round(exponent)}}}$" if abs(exponent - round(exponent)) < 1e-9 else f"{value:.0e}"
+    if value >= 1e4:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
 def _log_axis(axis) -> None:
-    """Log scale with as few labelled ticks as the span needs (minor ticks unlabelled), so labels never crowd:
-    1, 2, 5 x 10^k within about a decade, plain powers of ten up to four decades, 10^k beyond. Call after the
-    data are drawn: it reads the span."""
+    """Log scale with the ticks `log_ticks` chooses and short labels; minor ticks unlabelled. Call after the data
+    are drawn: it reads the span."""
     low, high = sorted(axis.get_view_interval())
-    decades = math.log10(high / low) if low > 0 and high > 0 else 0.0
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 1.2 else (1.0,), numticks=6))
-    axis.set_major_formatter(LogFormatterSciNotation() if decades > 4 else FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_locator(FixedLocator(log_ticks(low, high)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v)))
     axis.set_minor_formatter(NullFormatter())
 
 
