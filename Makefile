@@ -71,7 +71,7 @@ STUDY_PRESET = --study $(STUDY) $(if $(TEACHER),--teacher $(TEACHER))
 # every toxicity and bias task on bundled samples, scored by a tiny Detoxify-format classifier.
 demo: install
 	$(OFFLINE) $(PY) -m compress.study demo --runs $(DEMO_RUNS) $(STUDY_NARROW) $(STUDY_ARGS)
-	@echo "demo report: $(DEMO_RUNS)/report/summary.md"
+	@echo "demo report: $(DEMO_RUNS)/report/report.html"
 
 # Toxicity prompts into $(DATA_DIR): RTP from RTP_SOURCE (hub name or a local prompts.jsonl) and the three TCCC
 # sets from TCCC_SOURCE (Kaggle's train.csv). Offline, pass TOKENIZER=/path/to/gpt2_tokenizer.

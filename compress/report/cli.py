@@ -1,12 +1,15 @@
-"""`compfair-report RESULTS_DIR... --out REPORT_DIR`: build the report (`compress.report.build`) and write it."""
+"""`compfair-report RESULTS_DIR... --out REPORT_DIR`: build the report (`compress.report.build`), write it, and
+end with the path of report.html and five lines of what it found (`compress.report.findings`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from compress.report import significance
 from compress.report.build import build_report
+from compress.report.findings import summary_lines
 from compress.report.writing import write_report
 
 
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"bootstrap and permutation resamples (default {significance.DEFAULT_RESAMPLES}; "
                              f"{significance.RECORD_RESAMPLES} for per-record metrics such as StereoSet's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-plots", action="store_true", help="skip the figures (PNG and PDF)")
     args = parser.parse_args(argv)
     if not 0 < args.alpha < 1:
         parser.error(f"--alpha must be in (0, 1), got {args.alpha}")
@@ -55,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(args.results_dirs, dict(args.compare), args.correction, args.alpha, args.resamples,
                           args.seed, args.distilled, args.reference or None, args.mix_families)
     written = write_report(report, args.out, make_plots=not args.no_plots)
-    significant = sum(c.significant for c in report.comparisons)
-    print(f"report for {len(report.models)} models in {args.out}: {len(written)} files; "
-          f"{significant} of {len(report.comparisons)} paired comparisons significant", file=sys.stderr)
+    out = Path(args.out).resolve()
+    figures = sum(1 for p in written if p.suffix == ".png")
+    print("\n".join(summary_lines(report, out / "report.html", out, figures)), flush=True)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from compress.report.estimates import doc_values
 from compress.report.results import ModelRun
@@ -172,42 +171,3 @@ def markdown(flips: list[Flips]) -> list[str]:
                      f"{_pct(f.share_down)} [{_pct(f.down_low)}, {_pct(f.down_high)}] | {_pct(f.share_flipped)} "
                      f"[{_pct(f.flipped_low)}, {_pct(f.flipped_high)}] | {f.mcnemar_p:.3g} |")
     return lines + [""]
-
-
-def plot(flips: list[Flips], path: Path) -> Path | None:
-    """flips.png: per task, each model's share of items flipped up (above zero) and down (below)."""
-    if not flips:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from compress.common.atomic_files import replaced_atomically
-
-    tasks = sorted({f.task for f in flips})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 3.2 * len(tasks)), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        rows = [f for f in flips if f.task == task]
-        x = np.arange(len(rows))
-        up = np.array([100 * f.share_up for f in rows])
-        down = np.array([100 * f.share_down for f in rows])
-        up_err = np.array([[100 * (f.share_up - f.up_low) for f in rows],
-                           [100 * (f.up_high - f.share_up) for f in rows]])
-        down_err = np.array([[100 * (f.down_high - f.share_down) for f in rows],
-                             [100 * (f.share_down - f.down_low) for f in rows]])
-        ax.bar(x, up, color="#d62728", yerr=up_err, capsize=2, label="0 -> 1")
-        ax.bar(x, -down, color="#1f77b4", yerr=down_err, capsize=2, label="1 -> 0")
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xticks(x, [f"{f.model}\nvs {f.baseline}" for f in rows], fontsize=7, rotation=45, ha="right")
-        ax.set_title(f"{task}\n({rows[0].outcome})", fontsize=8)
-        ax.set_ylabel("% of items flipped")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        with replaced_atomically(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path

@@ -6,8 +6,8 @@ arguments and parameter count) and, with `--log_samples`, `samples_<task>_<date>
 several times, or on different tasks at different times, has several results files: for each task
 the newest file that holds it wins. The model's own folder (`pretrained=` in the model arguments) may
 hold `distillation.json`, `pruning.json` or `layer_dropping.json`, written by `compress/distill.py`,
-`compress/prune.py` and `compress/drop_layers.py`;
-they say how the model was made.
+`compress/prune.py` and `compress/drop_layers.py` (quantization.json, sparsity.json by the post-training
+scripts, teacher.json by the study for a teacher it trained); they say how the model was made.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 RESULT_GLOB = "results_*.json"
 NOT_METRICS = {"alias", "name", "sample_len", "samples", " "}
 TRAINER_RECORDS = ("distillation.json", "pruning.json", "quantization.json", "sparsity.json",
-                   "layer_dropping.json")
+                   "layer_dropping.json", "teacher.json")
 
 
 @dataclass
@@ -54,6 +54,7 @@ class ModelRun:
     quantization: dict | None = None  # quantization.json of compress/quantize.py
     sparsity: dict | None = None  # sparsity.json of compress/sparsify.py
     layer_dropping: dict | None = None  # compress/drop_layers.py's record
+    teacher: dict | None = None  # teacher.json: how the study trained a model from scratch (the demo's teacher)
     record_files: list[Path] = field(default_factory=list)
 
     @property

@@ -1,5 +1,5 @@
-"""The report on disk: summary.csv, comparisons.csv, correlations.csv, perplexity_matched.csv, summary.md
-and the plots."""
+"""The report on disk: summary.csv, comparisons.csv, correlations.csv, perplexity_matched.csv, summary.md,
+report.html (all of it on one page) and the plots."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
              f"({report.resamples} resamples; lm-eval's standard error where no per-document values exist). "
              f"Paired tests compare each model with its baseline on the same documents (permutation test); "
              f"p-values are corrected with {correction} over all {len(report.comparisons)} comparisons; "
-             f"significant means corrected p < {report.alpha}.", "", "## Models", ""]
+             f"significant means corrected p < {report.alpha}.", "",
+             "All of it on one page, with the figures and each model's provenance: report.html.", "",
+             "## Models", ""]
     lines += _md_table(["model", "method", "baseline", "blocks", "heads", "parameters", "perplexity"], [
         [i.name + (" †" if i.leaky_tasks else ""), _method_words(i), i.baseline or "–", _fmt(i.blocks),
          _fmt(i.heads), _fmt(i.parameters), _fmt(i.perplexity) + (f" ({i.perplexity_source})" if i.perplexity else "")]
@@ -186,7 +188,8 @@ def summary_markdown(report: Report, plots: list[Path]) -> str:
                                                          for r in report.matched})), ""]
     lines += beyond_the_paper_markdown(report)
     if plots:
-        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+        lines += ["## Plots", "", "Each also as a vector PDF beside it (plots/NAME.pdf).", ""]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in dict.fromkeys(report.notes)] + [""]
     return "\n".join(lines).rstrip() + "\n"
@@ -199,14 +202,12 @@ def beyond_the_paper_markdown(report: Report) -> list[str]:
             + length_control.markdown(report.length_adjusted))
 
 
-def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple[list[Path], list[Path]]:
-    """(CSV files, plots) of the evaluation beyond the paper."""
-    files, plots = [], []
+def beyond_the_paper_files(report: Report, out: Path) -> list[Path]:
+    """The CSV files of the evaluation beyond the paper (its figures are in `plots`)."""
+    files = []
     if report.flips:
         write_atomically(out / "flips.csv", _csv_text(item_flips.CSV_HEADER, item_flips.csv_rows(report.flips)))
         files.append(out / "flips.csv")
-        if make_plots:
-            plots.append(item_flips.plot(report.flips, out / "plots" / "flips.png"))
     if report.length_adjusted:
         for name, header, rows in (
                 ("length_bins.csv", length_control.BIN_HEADER, length_control.bin_rows(report.length_bins)),
@@ -222,7 +223,7 @@ def beyond_the_paper_files(report: Report, out: Path, make_plots: bool) -> tuple
                  scorer_agreement.agreement_rows(report.scorer_agreement))):
             write_atomically(out / name, _csv_text(header, rows))
             files.append(out / name)
-    return files, [p for p in plots if p is not None]
+    return files
 
 
 def significance_in_words(report: Report) -> list[str]:
@@ -281,8 +282,17 @@ def write_report(report: Report, out_dir: str | Path, make_plots: bool = True) -
         from compress.report import plots as plotting
 
         plots = plotting.write_all(report, out / "plots")
-    extra_files, extra_plots = beyond_the_paper_files(report, out, make_plots)
-    written += extra_files
-    plots += extra_plots
+    written += beyond_the_paper_files(report, out)
     write_atomically(out / "summary.md", summary_markdown(report, plots))
-    return written + plots + [out / "summary.md"]
+    write_atomically(out / "report.html", report_page(report, plots, written))
+    return written + plots + [p.with_suffix(".pdf") for p in plots] + [out / "summary.md", out / "report.html"]
+
+
+def report_page(report: Report, plots: list[Path], written: list[Path]) -> str:
+    """report.html; its metric and comparison sections show summary.csv and comparisons.csv, so those are left out
+    of its other tables."""
+    from compress.report import html_page
+    from compress.report.plots import CAPTIONS
+
+    others = [p for p in written if p.suffix == ".csv" and p.name not in ("summary.csv", "comparisons.csv")]
+    return html_page.render(report, plots, others, CAPTIONS)
