@@ -83,10 +83,16 @@ def _layer_dropping(info: ModelInfo, record: dict) -> tuple[str, str]:
 
 
 def _trained_here(record: dict) -> tuple[str, str]:
-    perplexity = record.get("perplexity")
+    """A model the study trained (the demo's teacher): its recipe, and its held-out token perplexity beside a
+    unigram model's of the same text and tokenizer, the figure that says it learned more than word frequencies."""
+    perplexity, unigram = record.get("heldout_token_perplexity"), record.get("unigram_token_perplexity")
+    learned = None
+    if isinstance(perplexity, (int, float)):
+        learned = f"held-out token perplexity {perplexity:.4g}"
+        if isinstance(unigram, (int, float)) and unigram > 0:
+            learned += f" (unigram model {unigram:.4g}: {perplexity / unigram:.2f} of it)"
     what = _known(f"trained from scratch: {record.get('model', 'a model')}",
-                  f"{record['steps']} steps" if record.get("steps") else None,
-                  f"held-out token perplexity {perplexity:.4g}" if isinstance(perplexity, (int, float)) else None)
+                  f"{record['steps']} steps" if record.get("steps") else None, learned)
     return what, _data_source(record)
 
 

@@ -576,7 +576,7 @@ def stage_report(plan: Plan, args: argparse.Namespace, models: list[Model]) -> N
     if args.resamples:
         argv += ["--resamples", str(args.resamples)]
     run_step(Step("compress.report.cli", argv), f"report on {len(evaluated)} models", plan.env, plan.in_process)
-    log(f"report: open {plan.report_dir / 'summary.md'}")
+    log(f"report: open {plan.report_dir / 'report.html'} (or summary.md beside it)")
 
 
 STAGE_FUNCTIONS = {"teacher": stage_teacher, "prompts": stage_prompts, "distill": stage_distill,
