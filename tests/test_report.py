@@ -356,6 +356,31 @@ def test_bad_input_gives_one_line_errors(tmp_path, problem, message):
     assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
 
 
+def test_vectorised_bold_gap_equals_the_reference_function():
+    """The report's vectorised BOLD gap gives exactly what compress.bias.bold.group_gap computes, on the data and on
+    every resample (same resamples through both), groups missing from a resample included."""
+    bold = pytest.importorskip("compress.bias.bold")
+    from compress.report import significance
+
+    rng = random.Random(2)
+    groups = ["a", "b", "c", "rare"]
+    records = [{"group": rng.choice(groups[:3]), "regard": rng.uniform(-1, 1), "toxicity": rng.random()}
+               for _ in range(40)] + [{"group": "rare", "regard": 0.9, "toxicity": 0.8}]
+    metrics = ["regard_gap", "toxicity_gap"]
+    fast, reference = aggregations.group_gap_aggregation(metrics), aggregations.group_gap_statistic(metrics)
+    assert fast.outputs == reference.outputs == tuple(metrics)
+    prepared = significance.prepare_values(fast, records)
+    assert significance.evaluate_all(fast, prepared) == pytest.approx(
+        [bold.group_gap(records, "regard"), bold.group_gap(records, "toxicity")], rel=1e-12)
+    fast_draws = significance._bootstrap_draws(fast, [prepared], np.random.default_rng(5), 300)[0]
+    slow_draws = significance._bootstrap_draws(reference, [records], np.random.default_rng(5), 300)[0]
+    assert fast_draws == pytest.approx(slow_draws, rel=1e-12)
+    other = list(reversed(records))
+    for a, b in zip(significance.paired_comparisons(records, other, fast, resamples=200),
+                    significance.paired_comparisons(records, other, reference, resamples=200)):
+        assert (a.diff, a.low, a.high, a.p_value) == pytest.approx((b.diff, b.low, b.high, b.p_value), nan_ok=True)
+
+
 def test_vectorised_stereoset_aggregation_equals_the_reference_function():
     """The report's vectorised StereoSet statistic gives exactly what compress.bias.metrics computes, on the
     data and on every resample (same resamples through both)."""

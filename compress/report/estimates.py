@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from compress.report import significance
 from compress.report.aggregations import (
     candidate_statistics,
+    group_gap_aggregation,
     group_gap_statistic,
     stereoset_aggregation,
     stereoset_statistic,
@@ -112,10 +113,10 @@ def find_metric_groups(runs: dict[str, ModelRun], task: str, filter_name: str, m
                    for name, values in observed[metric].items()):
                 groups.append(MetricGroup(task, filter_name, metric, statistic))
                 break
-    # Per-record metrics: the vectorised StereoSet aggregation where it reproduces every reported value,
-    # else the reference function itself, metric by metric.
+    # Per-record metrics: the vectorised StereoSet and BOLD aggregations where they reproduce every reported
+    # value, else the reference functions themselves, metric by metric.
     remaining = list(record_metrics)
-    for build in (stereoset_aggregation, stereoset_statistic, group_gap_statistic):
+    for build in (stereoset_aggregation, stereoset_statistic, group_gap_aggregation, group_gap_statistic):
         statistic = build(remaining)
         if statistic is None:
             continue

@@ -35,7 +35,7 @@ class TeacherRecipe:
     vocab_size: int = 2048
     block_size: int = 64  # also n_positions, so lm-eval's rolling windows never reach untrained positions
     batch_size: int = 16
-    steps: int = 300
+    steps: int = 250
     learning_rate: float = 3e-3
     seed: int = 0
 

@@ -285,7 +285,7 @@ def demo_plan(args: argparse.Namespace) -> Plan:
     perplexity_task = runs / "tasks" / "compfair_demo_perplexity.yaml"
     batches = [EvalBatch("all", ["compfair_toxicity", "compfair_bias", *EXTRA_TASKS, str(perplexity_task)],
                          {"COMPFAIR_DATA_DIR": str(data_dir)})]
-    return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "16"],
+    return Plan("demo", runs, data_dir, models, batches, [sys.executable], ["--device", "cpu", "--batch_size", "64"],
                 "dtype=float32", prompts, in_process=not args.subprocess,
                 env={"COMPFAIR_SCORER": f"detoxify:{scorer},detoxify:{runs / 'scorer_b' / 'tiny-detoxify.ckpt'}",
                      "COMPFAIR_REGARD_SCORER": f"hf:{scorer.parent / 'tiny-regard'}", "HF_HUB_OFFLINE": "1",
@@ -629,9 +629,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modern.add_argument("--teacher-blocks", type=int, default=None,
                         help="its block count (default: known for the preset's hub teachers, else from its config)")
     demo = parser.add_argument_group("demo (sizes of the embedded default)")
-    demo.add_argument("--teacher-steps", type=int, default=300)
-    demo.add_argument("--distill-steps", type=int, default=100)
-    demo.add_argument("--prune-samples", type=_sizes, default=[8, 32], help="importance blocks per pruned model")
+    demo.add_argument("--teacher-steps", type=int, default=250)
+    demo.add_argument("--distill-steps", type=int, default=60)
+    demo.add_argument("--prune-samples", type=_sizes, default=[8],
+                      help="importance blocks per pruned model, e.g. 8,32 (reproduce: the paper's five sizes)")
     demo.add_argument("--block-size", type=int, default=32)
     demo.add_argument("--rtp-prompts", type=int, default=16)
     demo.add_argument("--tccc-prompts", type=int, default=16)
