@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,21 @@ def test_bad_study_input_gives_one_line_errors(tmp_path):
     assert "no evaluated model" in str(err.value)
     with pytest.raises(SystemExit):
         study.parse_args(["demo", "--stages", "distill,polish"])
+
+
+def test_the_in_process_demo_indexes_lm_evals_builtin_tasks_once(tmp_path, monkeypatch):
+    """The cached index equals lm-eval's own, and the include path is still read afresh on every call."""
+    from lm_eval.tasks import TaskManager, _index
+
+    monkeypatch.setattr(_index.TaskIndex, "build", _index.TaskIndex.__dict__["build"])  # restored afterwards
+    ours = tmp_path / "tasks"
+    shutil.copytree(REPO / "lm_eval_tasks", ours)
+    plain = TaskManager(include_path=str(ours))
+    study._index_builtin_lm_eval_tasks_once()
+    first, second = TaskManager(include_path=str(ours)), None
+    (ours / "bias" / "compfair_extra.yaml").write_text((ours / "bias" / "winobias_type1_dev.yaml").read_text().replace(
+        "task: compfair_winobias_type1_dev", "task: compfair_extra"))
+    second = TaskManager(include_path=str(ours))
+    assert first.all_tasks == plain.all_tasks and len(plain.all_tasks) > 1000
+    assert {k: v.yaml_path for k, v in first._index.items()} == {k: v.yaml_path for k, v in plain._index.items()}
+    assert set(second.all_tasks) - set(first.all_tasks) == {"compfair_extra"}

@@ -146,11 +146,38 @@ def _environment(env: dict[str, str]):
                 os.environ[key] = value
 
 
+def _index_builtin_lm_eval_tasks_once() -> None:
+    """lm-eval's CLI indexes its thousands of built-in task YAMLs on every call (about 4 s here), and the
+    in-process demo calls it once per model. The built-in folder cannot change during a run, so its index is
+    built once and reused; the `--include_path` folders (ours) are indexed afresh on every call, as before."""
+    from lm_eval.tasks import _index
+
+    if getattr(_index.TaskIndex.build, "builtins_cached", False):
+        return
+    build, builtin, cache = _index.TaskIndex.build, Path(_index.__file__).resolve().parent, {}
+
+    def build_with_cached_builtins(paths, *, resolve_includes=True):
+        index = {}
+        for root in paths:  # in order: a later folder's task overrides an earlier one's, as in build
+            if Path(root).resolve() == builtin:
+                if resolve_includes not in cache:
+                    cache[resolve_includes] = build([root], resolve_includes=resolve_includes)
+                index.update(cache[resolve_includes])
+            else:
+                index.update(build([root], resolve_includes=resolve_includes))
+        return index
+
+    build_with_cached_builtins.builtins_cached = True
+    _index.TaskIndex.build = staticmethod(build_with_cached_builtins)
+
+
 def _call_in_process(step: Step) -> int:
     """The step's `main(argv)` here; lm-eval's CLI reads sys.argv, so it gets one."""
     try:
         if step.module == "lm_eval":
             from lm_eval.__main__ import cli_evaluate
+
+            _index_builtin_lm_eval_tasks_once()
 
             saved, sys.argv = sys.argv, ["lm_eval", *step.argv]
             try:
