@@ -266,13 +266,12 @@ class HeadPruningTrainer(Trainer):
             self.gates.set_mask(mask)
             perplexity = self.perplexity()
             if self.args.max_perplexity is not None and perplexity > self.args.max_perplexity:
+                rejected = {"heads": int(mask.sum()), "perplexity": perplexity,
+                            "pruned_heads": [list(h) for h in chosen]}
+                if self.bias_objective is not None:  # measured with the rejected mask, before it is undone
+                    rejected["bias_measure"] = self.bias_measures()
+                self.record["rejected_iteration"] = rejected
                 self.gates.set_mask(previous)
-                self.record["rejected_iteration"] = {"heads": int(mask.sum()), "perplexity": perplexity,
-                                                     "pruned_heads": [list(h) for h in chosen]}
-                if self.bias_objective is not None:
-                    self.gates.set_mask(mask)
-                    self.record["rejected_iteration"]["bias_measure"] = self.bias_measures()
-                    self.gates.set_mask(previous)
                 stop = f"max_perplexity: iteration {done + 1} reached {perplexity:.3f} and was undone"
                 break
             self._append_iteration(mask, chosen, importance, perplexity)
