@@ -128,15 +128,16 @@ def stereoset_pairs_for_choosing(path: str, eval_path: str, fraction: float, pol
                                  seed: int) -> BiasPairs:
     examples = _load(bias_data.load_stereoset, STEREOSET_CHOOSING_SPLIT, path)
     choosing_terms, held_out = overlap.target_split((e.target for e in examples), fraction, seed)
+    choosing = set(choosing_terms)
     same_file = Path(eval_path).expanduser().resolve() == Path(path).expanduser().resolve()
     evaluated = [e for e in _stereoset_examples(eval_path)
-                 if not same_file or overlap.normalize(e.target) not in set(choosing_terms)]
-    shared_terms = sorted(set(choosing_terms) & {overlap.normalize(e.target) for e in evaluated})
+                 if not same_file or overlap.normalize(e.target) not in choosing]
+    shared_terms = sorted(choosing & {overlap.normalize(e.target) for e in evaluated})
     if shared_terms:
         _refuse(f"StereoSet {path} vs {eval_path}: {len(shared_terms)} choosing target terms are also evaluated "
                 f"(e.g. {shared_terms[0]!r}); evaluate on held-out terms only")
     evaluation = {overlap.normalize(s) for e in evaluated for s in e.sentences.values()}
-    rows = [e for e in examples if overlap.normalize(e.target) in set(choosing_terms)]
+    rows = [e for e in examples if overlap.normalize(e.target) in choosing]
     kept, left_out = _leave_out_shared(rows, lambda e: e.sentences.values(), evaluation, policy,
                                        f"StereoSet {path} (choosing terms vs {eval_path})")
     kept = _sample(kept, max_pairs, seed)
