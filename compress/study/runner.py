@@ -48,6 +48,7 @@ from importlib import resources
 from pathlib import Path
 
 from compress.common.atomic_files import write_json_atomically
+from compress.study.demo_teacher import TeacherRecipe
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("teacher", "prompts", "distill", "prune", "drop_layers", "quantize", "sparsify", "evaluate", "report")
@@ -439,7 +440,7 @@ def modern_demo_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-DEMO_TEACHER_BLOCKS = 12  # compress.study.demo_teacher.TeacherRecipe.n_layer
+DEMO_TEACHER_BLOCKS = TeacherRecipe.n_layer
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -476,7 +477,7 @@ def stage_teacher(plan: Plan, args: argparse.Namespace, models: list[Model]) -> 
     if (Path(teacher.pretrained) / "teacher.json").is_file():
         log(f"teacher: {teacher.pretrained} is complete; skipped")
         return
-    recipe = demo_teacher.TeacherRecipe(steps=args.teacher_steps)
+    recipe = TeacherRecipe(steps=args.teacher_steps)
     log(f"teacher: training a {recipe.n_layer}-block, {recipe.n_head}-head GPT-2 on the bundled WikiText-2 text "
         f"for {recipe.steps} steps (about a minute on two cores)")
     demo_teacher.train_demo_teacher(Path(teacher.pretrained), corpus, heldout, recipe, log=log)
