@@ -21,9 +21,11 @@ def relative_effect(comparison) -> float:
 
 def significant_findings(report) -> list:
     """The significant comparisons, the largest relative change first (those without one last, by p)."""
-    hits = [c for c in report.comparisons if c.significant]
-    return sorted(hits, key=lambda c: (math.isnan(relative_effect(c)), -abs(relative_effect(c))
-                                       if not math.isnan(relative_effect(c)) else c.p_adjusted))
+    def order(c):
+        effect = relative_effect(c)
+        return (True, c.p_adjusted) if math.isnan(effect) else (False, -abs(effect))
+
+    return sorted((c for c in report.comparisons if c.significant), key=order)
 
 
 def change_in_words(comparison) -> str:
