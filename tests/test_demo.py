@@ -226,6 +226,14 @@ def test_bad_study_input_gives_one_line_errors(tmp_path):
         study.parse_args(["demo", "--stages", "distill,polish"])
 
 
+def test_a_thread_count_below_one_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as err:
+        study.parse_args(["demo", "--threads", "0"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.endswith("error: --threads 0: give at least 1 CPU thread")
+
+
 def test_the_in_process_demo_indexes_lm_evals_builtin_tasks_once(tmp_path, monkeypatch):
     """The cached index equals lm-eval's own, and the include path is still read afresh on every call."""
     from lm_eval.tasks import TaskManager, _index
@@ -235,7 +243,7 @@ def test_the_in_process_demo_indexes_lm_evals_builtin_tasks_once(tmp_path, monke
     shutil.copytree(REPO / "lm_eval_tasks", ours)
     plain = TaskManager(include_path=str(ours))
     study._index_builtin_lm_eval_tasks_once()
-    first, second = TaskManager(include_path=str(ours)), None
+    first = TaskManager(include_path=str(ours))
     (ours / "bias" / "compfair_extra.yaml").write_text((ours / "bias" / "winobias_type1_dev.yaml").read_text().replace(
         "task: compfair_winobias_type1_dev", "task: compfair_extra"))
     second = TaskManager(include_path=str(ours))

@@ -674,6 +674,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    if args.threads < 1:
+        parser.error(f"--threads {args.threads}: give at least 1 CPU thread")
     return args
 
 
