@@ -657,7 +657,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modern.add_argument("--teacher-blocks", type=int, default=None,
                         help="its block count (default: known for the preset's hub teachers, else from its config)")
     demo = parser.add_argument_group("demo (sizes of the embedded default)")
-    demo.add_argument("--teacher-steps", type=int, default=250)
+    demo.add_argument("--teacher-steps", type=int, default=TeacherRecipe.steps)
     demo.add_argument("--distill-steps", type=int, default=60)
     demo.add_argument("--prune-samples", type=_sizes, default=[8],
                       help="importance blocks per pruned model, e.g. 8,32 (reproduce: the paper's five sizes)")
