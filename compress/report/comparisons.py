@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
-from compress.report import significance
+from compress.report import parallel, significance
 from compress.report.estimates import MetricGroup, doc_values
 from compress.report.models import ModelInfo
 from compress.report.results import ModelRun
@@ -51,43 +48,33 @@ def depth_controls(infos: dict[str, ModelInfo]) -> list[tuple[str, str]]:
 
 def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo], groups: list[MetricGroup],
                            resamples: int | None, seed: int, notes: list[str]) -> list[Comparison]:
-    """Every (model, baseline) pair's paired tests, the pairs run side by side on the CPU's cores: the tests are
-    numpy work that releases the GIL, and each seeds its own generator, so the results do not depend on the
-    order the pairs finish in (they are collected in pair order)."""
-    pairs = baseline_pairs(infos)
-    with ThreadPoolExecutor(max_workers=min(len(pairs), os.cpu_count() or 1) or 1) as pool:
-        done = pool.map(lambda pair: _compare_pair(runs, *pair, groups, resamples, seed), pairs)
-        results = list(tqdm(done, total=len(pairs), desc="paired tests", unit="model", disable=None))
+    """Every (model, baseline) pair's paired tests on every metric group both have, on the shared documents; the
+    tests run side by side on the CPU's cores (`compress.report.parallel`)."""
+    tests, pieces = [], []  # (model, baseline, group) and its paired test, in the same order
+    for name, baseline in baseline_pairs(infos):
+        for group in groups:
+            mine = doc_values(runs[name], group.task, group.source, group.filter)
+            theirs = doc_values(runs[baseline], group.task, group.source, group.filter)
+            if mine is None or theirs is None:
+                continue
+            shared = sorted(set(mine) & set(theirs))
+            if len(shared) < len(mine) or len(shared) < len(theirs):
+                notes.append(f"{name} vs {baseline} on {group.task}: {len(shared)} shared documents of {len(mine)} "
+                             f"and {len(theirs)}; the tests use the shared ones")
+            if len(shared) < 2:
+                continue
+            tests.append((name, baseline, group))
+            pieces.append(functools.partial(significance.paired_comparisons, [mine[k] for k in shared],
+                                            [theirs[k] for k in shared], group.statistic, resamples, seed=seed))
     comparisons = []
-    for pair_comparisons, pair_notes in results:
-        comparisons += pair_comparisons
-        notes += pair_notes
-    return comparisons
-
-
-def _compare_pair(runs: dict[str, ModelRun], name: str, baseline: str, groups: list[MetricGroup],
-                  resamples: int | None, seed: int) -> tuple[list[Comparison], list[str]]:
-    comparisons, notes = [], []
-    for group in groups:
-        mine = doc_values(runs[name], group.task, group.source, group.filter)
-        theirs = doc_values(runs[baseline], group.task, group.source, group.filter)
-        if mine is None or theirs is None:
-            continue
-        shared = sorted(set(mine) & set(theirs))
-        if len(shared) < len(mine) or len(shared) < len(theirs):
-            notes.append(f"{name} vs {baseline} on {group.task}: {len(shared)} shared documents of {len(mine)} "
-                         f"and {len(theirs)}; the tests use the shared ones")
-        if len(shared) < 2:
-            continue
-        results = significance.paired_comparisons([mine[k] for k in shared], [theirs[k] for k in shared],
-                                                  group.statistic, resamples, seed=seed)
+    for (name, baseline, group), results in zip(tests, parallel.run_all(pieces, "paired tests"), strict=True):
         for metric, result in zip(group.metrics, results):
             if math.isnan(result.p_value):
                 continue
             comparisons.append(Comparison(name, baseline, group.task, metric, group.filter, result.value,
                                           result.baseline, result.diff, result.low, result.high, result.p_value,
                                           result.n))
-    return comparisons, notes
+    return comparisons
 
 
 def apply_correction(items: list, method: str, alpha: float) -> None:
