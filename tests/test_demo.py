@@ -250,3 +250,53 @@ def test_the_in_process_demo_indexes_lm_evals_builtin_tasks_once(tmp_path, monke
     assert first.all_tasks == plain.all_tasks and len(plain.all_tasks) > 1000
     assert {k: v.yaml_path for k, v in first._index.items()} == {k: v.yaml_path for k, v in plain._index.items()}
     assert set(second.all_tasks) - set(first.all_tasks) == {"compfair_extra"}
+
+
+def test_an_in_process_call_naming_only_our_tasks_does_not_index_lm_evals_builtin_tasks(tmp_path, monkeypatch):
+    """The demo's lm-eval calls name only our tasks and task files, so the built-in folder is not indexed for
+    them (7 s a call); a call naming a built-in task (wikitext) gets the full index."""
+    from lm_eval.tasks import TaskManager, _index
+
+    monkeypatch.setattr(_index.TaskIndex, "build", _index.TaskIndex.__dict__["build"])  # restored afterwards
+    builtin, roots = Path(_index.__file__).resolve().parent, []
+    plain_build = _index.TaskIndex.build
+    monkeypatch.setattr(_index.TaskIndex, "build", staticmethod(
+        lambda paths, **kw: roots.extend(Path(p).resolve() for p in paths) or plain_build(paths, **kw)))
+    study._index_builtin_lm_eval_tasks_once()
+    ours = str(REPO / "lm_eval_tasks")
+    seen = {}
+
+    def fake_cli():  # what lm-eval's CLI does first: a TaskManager over the built-ins and the include path
+        seen[tuple(sys.argv[sys.argv.index("--tasks") + 1].split(","))] = set(TaskManager(include_path=ours).all_tasks)
+
+    monkeypatch.setattr("lm_eval.__main__.cli_evaluate", fake_cli)
+    demo_tasks = ["compfair_bias", "compfair_crows_pairs", str(tmp_path / "compfair_demo_perplexity.yaml")]
+    for tasks in (demo_tasks, ["compfair_bias", "wikitext"]):
+        roots.clear()
+        assert study._call_in_process(study.Step("lm_eval", ["--include_path", ours, "--tasks", ",".join(tasks)])) == 0
+        assert (builtin in roots) == ("wikitext" in tasks), (tasks, roots)
+    assert "compfair_bias" in seen[tuple(demo_tasks)] and "wikitext" not in seen[tuple(demo_tasks)]
+    assert "wikitext" in seen[("compfair_bias", "wikitext")]
+    assert study._builtin_tasks_wanted == [True]  # restored for the next caller
+
+
+def test_the_in_process_demo_collects_lm_evals_environment_record_once(monkeypatch):
+    """Each results file still gets lm-eval's environment record, equal to what lm-eval collects itself, but
+    it is collected once per process, not once per model."""
+    from lm_eval import evaluator
+    from lm_eval.loggers import utils as lm_eval_logging
+
+    monkeypatch.setattr(evaluator, "add_env_info", lm_eval_logging.add_env_info)  # restored afterwards
+    own = {}
+    lm_eval_logging.add_env_info(own)
+    calls = []
+    monkeypatch.setattr(evaluator, "add_env_info",
+                        lambda storage: calls.append(1) or lm_eval_logging.add_env_info(storage))
+    study._collect_lm_eval_environment_once()
+    first, second = {"results": 1}, {"results": 2}
+    evaluator.add_env_info(first)
+    evaluator.add_env_info(second)
+    assert len(calls) == 1
+    recorded = [{k: v for k, v in storage.items() if k != "results"} for storage in (first, second)]
+    assert recorded == [own, own]
+    assert (first["results"], second["results"]) == (1, 2) and "pretty_env_info" in own

@@ -275,3 +275,28 @@ def test_chromium_renders_the_sections_and_decodes_every_image(zoo, run_report, 
         expected = _png_size((zoo["out"] / "plots" / f"{name}.png").read_bytes())
         assert image["complete"] and (image["width"], image["height"]) == expected, name
         assert image["opaque"] == 1.0, name  # decoded to its last row
+
+
+def test_the_demo_teachers_provenance_gives_its_stereoset_lms_from_the_reports_overall_estimate():
+    """The second figure that says the teacher has learned something: its StereoSet LMS, as the report estimated
+    it over both splits, not another model's and not another task's."""
+    from compress.report.estimates import STEREOSET_OVERALL_TASK, Estimate
+    from compress.report.models import ModelInfo
+    from compress.report.provenance import provenance
+    from compress.report.results import ModelRun
+
+    record = {"model": "tiny GPT-2", "steps": 800, "heldout_token_perplexity": 196.7,
+              "unigram_token_perplexity": 731.5}
+    estimates = [Estimate("student", STEREOSET_OVERALL_TASK, "lms", "none", 47.7, 45.1, 50.5, "bootstrap", 945,
+                          True, "x"),
+                 Estimate("teacher", "compfair_stereoset_intrasentence", "lms", "none", 50.7, 47.0, 54.3,
+                          "bootstrap", 471, False, "x"),
+                 Estimate("teacher", STEREOSET_OVERALL_TASK, "ss", "none", 51.0, 48.0, 54.0, "bootstrap", 945,
+                          True, "x"),
+                 Estimate("teacher", STEREOSET_OVERALL_TASK, "lms", "none", 55.53, 52.82, 58.23, "bootstrap", 945,
+                          True, "x")]
+    run = ModelRun("teacher", "runs/demo/teacher", {}, teacher=record)
+    what = provenance(ModelInfo("teacher", "runs/demo/teacher", "original"), run, estimates).what
+    assert what == ("trained from scratch: tiny GPT-2, 800 steps, held-out token perplexity 196.7 (unigram model "
+                    "731.5: 0.27 of it), StereoSet LMS 55.5 [52.8, 58.2] (50: indifferent to meaning)")
+    assert "LMS" not in provenance(ModelInfo("teacher", "runs/demo/teacher", "original"), run).what

@@ -5,6 +5,7 @@ import csv
 import json
 
 import lm_eval
+import numpy as np
 import pytest
 from report_fixtures import write_lm_eval_run
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -114,3 +115,18 @@ def test_tccc_scored_by_the_tccc_trained_detoxify_is_flagged(report):
     summary = (report / "summary.md").read_text()
     assert "**Flag**: compfair_tox4k was scored by detoxify:original" in summary
     assert "trained on the TCCC comments" in summary
+
+
+def test_kendall_tau_b_over_rows_equals_scipy_with_ties_and_constant_rows():
+    """The bootstrap's vectorised tau-b gives, row by row, what scipy.stats.kendalltau gives: rows of few
+    distinct values (many ties), and constant rows (no tau: NaN)."""
+    from scipy.stats import kendalltau
+
+    from compress.report.scorer_agreement import kendall_tau_b
+
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 4, size=(400, 7)).astype(float), rng.integers(0, 3, size=(400, 7)).astype(float)
+    x[0], y[1] = 2.0, 1.0
+    expected = [kendalltau(a, b).statistic for a, b in zip(x, y)]
+    assert np.isnan(expected[0]) and np.isnan(expected[1])
+    np.testing.assert_allclose(kendall_tau_b(x, y), expected, rtol=1e-12, atol=1e-12, equal_nan=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
-from compress.report import significance
+from compress.report import parallel, significance
 from compress.report.estimates import MetricGroup, doc_values
 from compress.report.models import ModelInfo
 from compress.report.results import ModelRun
@@ -49,9 +48,10 @@ def depth_controls(infos: dict[str, ModelInfo]) -> list[tuple[str, str]]:
 
 def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo], groups: list[MetricGroup],
                            resamples: int | None, seed: int, notes: list[str]) -> list[Comparison]:
-    comparisons = []
-    pairs = baseline_pairs(infos)
-    for name, baseline in tqdm(pairs, desc="paired tests", unit="model", disable=None):
+    """Every (model, baseline) pair's paired tests on every metric group both have, on the shared documents; the
+    tests run side by side on the CPU's cores (`compress.report.parallel`)."""
+    tests, pieces = [], []  # (model, baseline, group) and its paired test, in the same order
+    for name, baseline in baseline_pairs(infos):
         for group in groups:
             mine = doc_values(runs[name], group.task, group.source, group.filter)
             theirs = doc_values(runs[baseline], group.task, group.source, group.filter)
@@ -63,14 +63,17 @@ def compare_with_baselines(runs: dict[str, ModelRun], infos: dict[str, ModelInfo
                              f"and {len(theirs)}; the tests use the shared ones")
             if len(shared) < 2:
                 continue
-            results = significance.paired_comparisons([mine[k] for k in shared], [theirs[k] for k in shared],
-                                                      group.statistic, resamples, seed=seed)
-            for metric, result in zip(group.metrics, results):
-                if math.isnan(result.p_value):
-                    continue
-                comparisons.append(Comparison(name, baseline, group.task, metric, group.filter, result.value,
-                                              result.baseline, result.diff, result.low, result.high, result.p_value,
-                                              result.n))
+            tests.append((name, baseline, group))
+            pieces.append(functools.partial(significance.paired_comparisons, [mine[k] for k in shared],
+                                            [theirs[k] for k in shared], group.statistic, resamples, seed=seed))
+    comparisons = []
+    for (name, baseline, group), results in zip(tests, parallel.run_all(pieces, "paired tests"), strict=True):
+        for metric, result in zip(group.metrics, results):
+            if math.isnan(result.p_value):
+                continue
+            comparisons.append(Comparison(name, baseline, group.task, metric, group.filter, result.value,
+                                          result.baseline, result.diff, result.low, result.high, result.p_value,
+                                          result.n))
     return comparisons
 
 

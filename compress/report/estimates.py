@@ -3,15 +3,14 @@ aggregation that reproduces the reported value (see `compress.report.aggregation
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from compress.report import significance
+from compress.report import parallel, significance
 from compress.report.aggregations import (
     candidate_statistics,
     group_gap_aggregation,
@@ -144,19 +143,24 @@ def _task_filters(runs: dict[str, ModelRun]) -> dict[tuple[str, str], list[str]]
 
 def estimate_metrics(runs: dict[str, ModelRun], resamples: int | None, seed: int, notes: list[str],
                      ) -> tuple[list[Estimate], list[MetricGroup]]:
-    estimates, all_groups = [], []
-    for (task, filter_name), metrics in tqdm(_task_filters(runs).items(), desc="intervals", unit="task",
-                                             disable=None):
-        groups = find_metric_groups(runs, task, filter_name, metrics)
-        all_groups += groups
-        intervals = {}  # (model, metric) -> Interval
+    tasks = {key: (metrics, find_metric_groups(runs, *key, metrics)) for key, metrics in _task_filters(runs).items()}
+    # every model's bootstrap intervals for every metric group, side by side on the CPU's cores
+    wanted, pieces = [], []  # (task, filter, group, model) and its intervals, in the same order
+    for (task, filter_name), (_, groups) in tasks.items():
         for group in groups:
             for name, run in runs.items():
                 values = doc_values(run, task, group.source, filter_name)
                 if values is None or (group.source, filter_name) not in run.tasks[task].metrics:
                     continue
-                found = significance.bootstrap_intervals(list(values.values()), group.statistic, resamples, seed=seed)
-                intervals.update({(name, m): i for m, i in zip(group.metrics, found)})
+                wanted.append((task, filter_name, group, name))
+                pieces.append(functools.partial(significance.bootstrap_intervals, list(values.values()),
+                                                group.statistic, resamples, seed=seed))
+    intervals = {}  # (task, filter, model, metric) -> Interval
+    for (task, filter_name, group, name), found in zip(wanted, parallel.run_all(pieces, "intervals"), strict=True):
+        intervals.update({(task, filter_name, name, m): i for m, i in zip(group.metrics, found)})
+    estimates, all_groups = [], []
+    for (task, filter_name), (metrics, groups) in tasks.items():
+        all_groups += groups
         grouped = {m for g in groups for m in g.metrics}
         has_samples = any(run.tasks.get(task) and run.tasks[task].samples_file for run in runs.values())
         for metric in metrics:
@@ -170,8 +174,8 @@ def estimate_metrics(runs: dict[str, ModelRun], resamples: int | None, seed: int
                 value = result.metrics[(metric, filter_name)]
                 low = high = math.nan
                 method, n = "none", result.n_samples
-                if (name, metric) in intervals:
-                    interval = intervals[(name, metric)]
+                if (task, filter_name, name, metric) in intervals:
+                    interval = intervals[(task, filter_name, name, metric)]
                     low, high, method, n = interval.low, interval.high, "bootstrap", interval.n
                 elif (metric, filter_name) in result.stderr:
                     se = result.stderr[(metric, filter_name)]
@@ -202,7 +206,7 @@ def stereoset_overall(runs: dict[str, ModelRun], resamples: int | None, seed: in
     from compress.report.aggregations import stereoset_aggregation
 
     statistic = stereoset_aggregation(list(STEREOSET_OVERALL_METRICS))
-    estimates = []
+    models, pieces = [], []
     for name, run in runs.items():
         per_task = [doc_values(run, task, "ss", "none") for task in STEREOSET_SPLIT_TASKS]
         if any(values is None for values in per_task):
@@ -212,8 +216,11 @@ def stereoset_overall(runs: dict[str, ModelRun], resamples: int | None, seed: in
         items = [item for values in per_task for item in values.values()]
         if not all(isinstance(item, dict) for item in items):
             continue
-        found = significance.bootstrap_intervals(items, statistic, resamples, seed=seed)
-        source = ";".join(str(run.tasks[task].results_file) for task in STEREOSET_SPLIT_TASKS)
+        models.append(name)
+        pieces.append(functools.partial(significance.bootstrap_intervals, items, statistic, resamples, seed=seed))
+    estimates = []
+    for name, found in zip(models, parallel.run_all(pieces, "StereoSet overall"), strict=True):
+        source = ";".join(str(runs[name].tasks[task].results_file) for task in STEREOSET_SPLIT_TASKS)
         for metric, interval in zip(STEREOSET_OVERALL_METRICS, found, strict=True):
             estimates.append(Estimate(name, STEREOSET_OVERALL_TASK, metric, "none", interval.value, interval.low,
                                       interval.high, "bootstrap", interval.n, True, source))

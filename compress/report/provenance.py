@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compress.report.estimates import STEREOSET_OVERALL_TASK, Estimate
 from compress.report.models import ModelInfo
 from compress.report.results import ModelRun
 
@@ -82,21 +83,24 @@ def _layer_dropping(info: ModelInfo, record: dict) -> tuple[str, str]:
     return what, _data_source(record.get("calibration"))
 
 
-def _trained_here(record: dict) -> tuple[str, str]:
-    """A model the study trained (the demo's teacher): its recipe, and its held-out token perplexity beside a
-    unigram model's of the same text and tokenizer, the figure that says it learned more than word frequencies."""
+def _trained_here(record: dict, lms: Estimate | None) -> tuple[str, str]:
+    """A model the study trained (the demo's teacher): its recipe, its held-out token perplexity beside a unigram
+    model's of the same text and tokenizer (has it learned more than word frequencies?), and its StereoSet LMS
+    where the report has it (does it prefer meaningful candidates to unrelated ones?)."""
     perplexity, unigram = record.get("heldout_token_perplexity"), record.get("unigram_token_perplexity")
     learned = None
     if isinstance(perplexity, (int, float)):
         learned = f"held-out token perplexity {perplexity:.4g}"
         if isinstance(unigram, (int, float)) and unigram > 0:
             learned += f" (unigram model {unigram:.4g}: {perplexity / unigram:.2f} of it)"
+    meaning = None if lms is None else (f"StereoSet LMS {lms.value:.1f} [{lms.low:.1f}, {lms.high:.1f}] "
+                                        "(50: indifferent to meaning)")
     what = _known(f"trained from scratch: {record.get('model', 'a model')}",
-                  f"{record['steps']} steps" if record.get("steps") else None, learned)
+                  f"{record['steps']} steps" if record.get("steps") else None, learned, meaning)
     return what, _data_source(record)
 
 
-def provenance(info: ModelInfo, run: ModelRun) -> Provenance:
+def provenance(info: ModelInfo, run: ModelRun, estimates: list[Estimate] = ()) -> Provenance:
     records = [path.name for path in run.record_files]
     made_from = info.baseline or "-"
     if run.distillation:
@@ -113,7 +117,9 @@ def provenance(info: ModelInfo, run: ModelRun) -> Provenance:
         what, data = _layer_dropping(info, run.layer_dropping)
         made_from = run.layer_dropping.get("model_name_or_path") or made_from
     elif run.teacher:
-        what, data = _trained_here(run.teacher)
+        lms = next((e for e in estimates if e.model == info.name and e.task == STEREOSET_OVERALL_TASK
+                    and e.metric == "lms"), None)
+        what, data = _trained_here(run.teacher, lms)
     else:
         what, data = "evaluated as it is (no compression record)", "-"
     if info.baseline and made_from != info.baseline:
@@ -122,4 +128,4 @@ def provenance(info: ModelInfo, run: ModelRun) -> Provenance:
 
 
 def provenances(report) -> list[Provenance]:
-    return [provenance(info, report.runs[info.name]) for info in report.models]
+    return [provenance(info, report.runs[info.name], report.estimates) for info in report.models]

@@ -147,10 +147,15 @@ def _environment(env: dict[str, str]):
                 os.environ[key] = value
 
 
+# Whether the in-process lm-eval call now running names a task only lm-eval's built-in folder defines.
+_builtin_tasks_wanted = [True]
+
+
 def _index_builtin_lm_eval_tasks_once() -> None:
-    """lm-eval's CLI indexes its thousands of built-in task YAMLs on every call (about 4 s here), and the
+    """lm-eval's CLI indexes its thousands of built-in task YAMLs on every call (about 7 s here), and the
     in-process demo calls it once per model. The built-in folder cannot change during a run, so its index is
-    built once and reused; the `--include_path` folders (ours) are indexed afresh on every call, as before."""
+    built once and reused, and not built at all for a call whose tasks are all ours (`_builtin_tasks_wanted`);
+    the `--include_path` folders (ours) are indexed afresh on every call, as before."""
     from lm_eval.tasks import _index
 
     if getattr(_index.TaskIndex.build, "builtins_cached", False):
@@ -161,6 +166,8 @@ def _index_builtin_lm_eval_tasks_once() -> None:
         index = {}
         for root in paths:  # in order: a later folder's task overrides an earlier one's, as in build
             if Path(root).resolve() == builtin:
+                if not _builtin_tasks_wanted[0]:
+                    continue
                 if resolve_includes not in cache:
                     cache[resolve_includes] = build([root], resolve_includes=resolve_includes)
                 index.update(cache[resolve_includes])
@@ -172,6 +179,39 @@ def _index_builtin_lm_eval_tasks_once() -> None:
     _index.TaskIndex.build = staticmethod(build_with_cached_builtins)
 
 
+def _collect_lm_eval_environment_once() -> None:
+    """lm-eval records the environment (torch's collect_env, library versions, git hashes: about 1 s) in every
+    results file. Within one process it cannot change, so the in-process demo collects it once and copies it
+    into each model's results."""
+    from lm_eval import evaluator
+
+    if getattr(evaluator.add_env_info, "collected_once", False):
+        return
+    collect, collected = evaluator.add_env_info, {}
+
+    def add_env_info(storage: dict) -> None:
+        if not collected:
+            collect(collected)
+        storage.update(collected)
+
+    add_env_info.collected_once = True
+    evaluator.add_env_info = add_env_info
+
+
+def _names_builtin_tasks(argv: list[str]) -> bool:
+    """Whether an lm-eval command line names a task that is neither a YAML file nor defined under its
+    `--include_path` folders (so only lm-eval's built-in folder can define it)."""
+    from lm_eval.tasks import _index
+
+    def value(flag: str) -> str:
+        return argv[argv.index(flag) + 1] if flag in argv[:-1] else ""
+
+    names = {t for t in value("--tasks").split(",") if t and not t.endswith((".yaml", ".yml"))}
+    folder = value("--include_path")  # lm-eval takes one folder
+    ours = set(_index.TaskIndex.build([Path(folder)])) if folder else set()
+    return not names <= ours
+
+
 def _call_in_process(step: Step) -> int:
     """The step's `main(argv)` here; lm-eval's CLI reads sys.argv, so it gets one."""
     try:
@@ -179,12 +219,13 @@ def _call_in_process(step: Step) -> int:
             from lm_eval.__main__ import cli_evaluate
 
             _index_builtin_lm_eval_tasks_once()
-
+            _collect_lm_eval_environment_once()
+            _builtin_tasks_wanted[0] = _names_builtin_tasks(step.argv)
             saved, sys.argv = sys.argv, ["lm_eval", *step.argv]
             try:
                 cli_evaluate()
             finally:
-                sys.argv = saved
+                sys.argv, _builtin_tasks_wanted[0] = saved, True
         else:
             importlib.import_module(step.module).main(step.argv)
     except SystemExit as stop:
@@ -657,7 +698,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modern.add_argument("--teacher-blocks", type=int, default=None,
                         help="its block count (default: known for the preset's hub teachers, else from its config)")
     demo = parser.add_argument_group("demo (sizes of the embedded default)")
-    demo.add_argument("--teacher-steps", type=int, default=250)
+    demo.add_argument("--teacher-steps", type=int, default=TeacherRecipe.steps)
     demo.add_argument("--distill-steps", type=int, default=60)
     demo.add_argument("--prune-samples", type=_sizes, default=[8],
                       help="importance blocks per pruned model, e.g. 8,32 (reproduce: the paper's five sizes)")
