@@ -24,7 +24,7 @@ RESULTS ?= $(RUNS)/eval
 REPORT_DIR ?= $(RUNS)/report
 ARGS ?=
 
-.PHONY: help install test lint demo prompts distill distill-all prune prune-all report reproduce bench clean \
+.PHONY: help install install-dev test lint demo prompts distill distill-all prune prune-all report reproduce bench clean \
 	quantize sparsify
 
 help:
@@ -41,15 +41,23 @@ $(VENV)/.installed: pyproject.toml
 		echo "installing $(TORCH_SPEC) before the project (TORCH_SPEC= keeps your own torch)"; \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	fi
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# The test and lint tools and the optional extras the tests cover, on top: `make test` and `make lint` need
+# them, the pipeline (`make demo` and the rest) does not.
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+install-dev: $(VENV)/.installed-dev
+
+test: install-dev
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 
 # The study (compress/study.py): stages teacher, prompts, distill, prune, evaluate, report; each skips work

@@ -45,7 +45,7 @@ class TeacherRecipe:
     vocab_size: int = 4096
     block_size: int = 64  # also n_positions, so lm-eval's rolling windows never reach untrained positions
     batch_size: int = 8
-    steps: int = 800
+    steps: int = 700
     learning_rate: float = 3e-3
     dropout: float = 0.0
     activation: str = "gelu_pytorch_tanh"  # GPT-2's own gelu_new, computed by one fused kernel
