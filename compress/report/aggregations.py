@@ -12,7 +12,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, str)
 
 
-WEIGHTED_MEAN = significance.Aggregation("weighted_mean", lambda v: v[..., 0].sum(-1) / v[..., 1].sum(-1), width=2)
+WEIGHTED_MEAN = significance.Aggregation("weighted_mean", significance.weighted_ratio, width=2)
 
 
 def candidate_statistics(values: list) -> list[significance.Aggregation]:

@@ -54,9 +54,18 @@ class Aggregation:
 
 MEAN = Aggregation("mean", lambda v: v[..., 0].mean(axis=-1), linear=True)
 SUM = Aggregation("sum", lambda v: v[..., 0].sum(axis=-1), linear=True)
+
+
+def weighted_ratio(v: np.ndarray) -> np.ndarray:
+    """sum of v[..., 0] / sum of v[..., 1] over documents. A resample holding no weight (e.g. none of the few
+    prompts of a BOLD group) has no finite value (0 / 0), which the percentiles leave out, without a warning."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return v[..., 0].sum(-1) / v[..., 1].sum(-1)
+
+
 # lm-eval's weighted_perplexity and bits_per_byte over (loglikelihood, words-or-bytes) pairs.
-PERPLEXITY = Aggregation("weighted_perplexity", lambda v: np.exp(-v[..., 0].sum(-1) / v[..., 1].sum(-1)), width=2)
-BITS_PER_BYTE = Aggregation("bits_per_byte", lambda v: -v[..., 0].sum(-1) / v[..., 1].sum(-1) / math.log(2), width=2)
+PERPLEXITY = Aggregation("weighted_perplexity", lambda v: np.exp(-weighted_ratio(v)), width=2)
+BITS_PER_BYTE = Aggregation("bits_per_byte", lambda v: -weighted_ratio(v) / math.log(2), width=2)
 
 
 @dataclass(frozen=True)
