@@ -41,11 +41,12 @@ $(VENV)/.installed: pyproject.toml
 		echo "installing $(TORCH_SPEC) before the project (TORCH_SPEC= keeps your own torch)"; \
 		$(PY) -m pip install --quiet "$(TORCH_SPEC)"; \
 	fi
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[quant]"
 	touch $@
 
 # The test and lint tools and the optional extras the tests cover, on top: `make test` and `make lint` need
-# them, the pipeline (`make demo` and the rest) does not.
+# them, the pipeline does not. (The pipeline does take `quant`: with compressed-tensors installed,
+# compress/quantize.py's `format: auto` writes packed checkpoints instead of dequantized ones.)
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
