@@ -4,13 +4,19 @@ forked worker processes, one per core.
 A piece is a function of no arguments. The workers are forked after the list of pieces is made, so they inherit
 it, and the per-document values its pieces close over, without pickling; only the results travel back, in the
 order of the list. Every piece seeds its own generator, so a result does not depend on which worker ran it or
-when. Where fork is not available (Windows), or there is one core, the pieces run in this process, one by one.
+when. Fork is used on Linux only (macOS' system libraries are not fork-safe, Windows has no fork); elsewhere, or
+with one core, the pieces run in this process, one by one.
+
+Pieces must be numpy and scipy work: a forked child that calls into torch (or anything else using OpenMP) after
+the parent ran torch's thread pool can hang, as the in-process demo's parent has.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +26,7 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 _pieces: Sequence[Callable[[], object]] = ()  # what the forked workers inherit
+_one_at_a_time = threading.Lock()  # so two threads' calls never hand their workers each other's pieces
 
 
 def available_cores() -> int:
@@ -34,16 +41,18 @@ def run_all(pieces: Sequence[Callable[[], T]], desc: str, workers: int | None = 
     """[piece() for piece in pieces], computed by up to `workers` (default: every core) forked processes."""
     global _pieces
     workers = min(len(pieces), workers or available_cores())
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or not sys.platform.startswith("linux"):
         return [piece() for piece in tqdm(pieces, desc=desc, disable=None)]
-    _pieces = pieces
-    try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns about fork in a process with threads (torch's, in the in-process demo); the
-            # workers only run numpy on inherited data, and take no lock those threads could hold.
-            warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                results = pool.map(_run_piece, range(len(pieces)), chunksize=max(1, len(pieces) // (16 * workers)))
-                return list(tqdm(results, total=len(pieces), desc=desc, disable=None))
-    finally:
-        _pieces = ()
+    with _one_at_a_time:
+        _pieces = pieces
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about fork in a process with threads (torch's, in the in-process demo); the
+                # workers only run numpy on inherited data, and take no lock those threads could hold.
+                warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*")
+                with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                    chunk = max(1, len(pieces) // (16 * workers))
+                    results = pool.map(_run_piece, range(len(pieces)), chunksize=chunk)
+                    return list(tqdm(results, total=len(pieces), desc=desc, disable=None))
+        finally:
+            _pieces = ()
