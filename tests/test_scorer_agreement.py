@@ -119,7 +119,7 @@ def test_tccc_scored_by_the_tccc_trained_detoxify_is_flagged(report):
 
 def test_kendall_tau_b_over_rows_equals_scipy_with_ties_and_constant_rows():
     """The bootstrap's vectorised tau-b gives, row by row, what scipy.stats.kendalltau gives: rows of few
-    distinct values (many ties), and constant rows (no tau: NaN)."""
+    distinct values (many ties), tied infinities, constant rows and a row with a missing value (no tau: NaN)."""
     from scipy.stats import kendalltau
 
     from compress.report.scorer_agreement import kendall_tau_b
@@ -127,6 +127,7 @@ def test_kendall_tau_b_over_rows_equals_scipy_with_ties_and_constant_rows():
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 4, size=(400, 7)).astype(float), rng.integers(0, 3, size=(400, 7)).astype(float)
     x[0], y[1] = 2.0, 1.0
+    x[2, :2], x[3, :3], y[4, 5] = np.inf, -np.inf, np.nan  # tied infinities; a missing value
     expected = [kendalltau(a, b).statistic for a, b in zip(x, y)]
-    assert np.isnan(expected[0]) and np.isnan(expected[1])
+    assert np.isnan(expected[0]) and np.isnan(expected[1]) and np.isnan(expected[4]) and np.isfinite(expected[2])
     np.testing.assert_allclose(kendall_tau_b(x, y), expected, rtol=1e-12, atol=1e-12, equal_nan=True)

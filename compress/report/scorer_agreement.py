@@ -80,11 +80,14 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     rows), NaN where either row is constant: (concordant - discordant) / sqrt(pairs - ties in x) / sqrt(pairs -
     ties in y), over every pair of columns at once."""
     i, j = np.triu_indices(x.shape[-1], k=1)
-    dx, dy = np.sign(x[..., i] - x[..., j]), np.sign(y[..., i] - y[..., j])
+    # signs by comparison, not subtraction, so two equal infinities tie, as in scipy
+    dx = (x[..., i] > x[..., j]).astype(float) - (x[..., i] < x[..., j])
+    dy = (y[..., i] > y[..., j]).astype(float) - (y[..., i] < y[..., j])
     with np.errstate(invalid="ignore", divide="ignore"):
         # in scipy's order of operations, so a tau equal to scipy's point estimate is equal to the last bit
         tau = (dx * dy).sum(-1) / np.sqrt(len(i) - (dx == 0).sum(-1)) / np.sqrt(len(i) - (dy == 0).sum(-1))
-    return np.clip(tau, -1.0, 1.0)
+    missing = np.isnan(x).any(axis=-1) | np.isnan(y).any(axis=-1)  # scipy propagates NaN
+    return np.where(missing, np.nan, np.clip(tau, -1.0, 1.0))
 
 
 def scorer_agreement(runs: dict[str, ModelRun], resamples: int = BOOTSTRAP, seed: int = 0,
