@@ -11,7 +11,7 @@ import pytest
 
 from compress.report import parallel, significance
 
-needs_fork = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the report forks workers on Linux only")
+forks_workers = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="report workers fork on Linux only")
 
 
 def _which_process(i: int) -> tuple[int, int]:
@@ -19,7 +19,7 @@ def _which_process(i: int) -> tuple[int, int]:
     return i, os.getpid()
 
 
-@needs_fork
+@forks_workers
 def test_pieces_run_in_two_forked_workers_and_come_back_in_order():
     results = parallel.run_all([functools.partial(_which_process, i) for i in range(40)], "test", workers=2)
     assert [i for i, _ in results] == list(range(40))
@@ -32,7 +32,7 @@ def test_one_worker_runs_the_pieces_here():
     assert results == [(0, os.getpid()), (1, os.getpid()), (2, os.getpid())]
 
 
-@needs_fork
+@forks_workers
 def test_paired_tests_in_workers_equal_the_same_tests_in_one_process():
     rng = np.random.default_rng(0)
     pairs = [(rng.normal(size=50).tolist(), rng.normal(size=50).tolist()) for _ in range(6)]

@@ -3,11 +3,10 @@ aggregation that reproduces the reported value (see `compress.report.aggregation
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from compress.report import parallel, significance
@@ -153,7 +152,7 @@ def estimate_metrics(runs: dict[str, ModelRun], resamples: int | None, seed: int
                 if values is None or (group.source, filter_name) not in run.tasks[task].metrics:
                     continue
                 wanted.append((task, filter_name, group, name))
-                pieces.append(functools.partial(significance.bootstrap_intervals, list(values.values()),
+                pieces.append(partial(significance.bootstrap_intervals, list(values.values()),
                                                 group.statistic, resamples, seed=seed))
     intervals = {}  # (task, filter, model, metric) -> Interval
     for (task, filter_name, group, name), found in zip(wanted, parallel.run_all(pieces, "intervals"), strict=True):
@@ -217,7 +216,7 @@ def stereoset_overall(runs: dict[str, ModelRun], resamples: int | None, seed: in
         if not all(isinstance(item, dict) for item in items):
             continue
         models.append(name)
-        pieces.append(functools.partial(significance.bootstrap_intervals, items, statistic, resamples, seed=seed))
+        pieces.append(partial(significance.bootstrap_intervals, items, statistic, resamples, seed=seed))
     estimates = []
     for name, found in zip(models, parallel.run_all(pieces, "StereoSet overall"), strict=True):
         source = ";".join(str(runs[name].tasks[task].results_file) for task in STEREOSET_SPLIT_TASKS)
